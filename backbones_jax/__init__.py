@@ -1,0 +1,1 @@
+"""Pretrained networks shared by the three methods (CLIP, AlphaCLIP, VGG) and their weight loaders."""

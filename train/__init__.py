@@ -1,0 +1,1 @@
+"""Entry points (`python -m train.<method>`), configs and the shared training machinery."""
