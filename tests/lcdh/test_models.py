@@ -1,0 +1,41 @@
+"""Shapes and properties of the LCDH teacher and student."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lcdh_jax import models
+
+
+def test_teacher_shapes_and_modality_codes():
+  t = models.Teacher(bits=16, width=32, num_heads=2, dropout=0.0)
+  r = np.random.default_rng(0)
+  img = jnp.asarray(r.normal(size=(5, 24)), jnp.float32)
+  txt = jnp.asarray(r.normal(size=(5, 20)), jnp.float32)
+  params = t.init(jax.random.key(0), img, txt)
+  out = t.apply(params, img, txt)
+  assert set(out) == {"fused", "image", "text"}
+  for v in out.values():
+    assert v.shape == (5, 16)
+    assert float(jnp.max(jnp.abs(v))) < 1.0
+  # The per-modality codes depend on one modality only, and equal the dedicated encoders.
+  out2 = t.apply(params, img, txt[::-1])
+  np.testing.assert_allclose(out["image"], out2["image"], atol=1e-6)
+  assert not np.allclose(out["fused"], out2["fused"])
+  np.testing.assert_allclose(t.apply(params, img, method=t.encode_image), out["image"], atol=1e-6)
+  np.testing.assert_allclose(t.apply(params, txt, method=t.encode_text), out["text"], atol=1e-6)
+  with pytest.raises(ValueError, match="same batch size"):
+    t.apply(params, img, txt[:3])
+
+
+def test_student_shapes():
+  s = models.Student(bits=32, cnn_widths=(8, 16), text_hidden=16, image_hidden=16)
+  imgs = jnp.zeros((3, 32, 32, 3))
+  bow = jnp.ones((3, 40))
+  params = s.init(jax.random.key(1), imgs, bow)
+  out = s.apply(params, imgs, bow)
+  assert out["image"].shape == (3, 32) and out["text"].shape == (3, 32)
+  with pytest.raises(ValueError, match="NHWC"):
+    s.apply(params, jnp.zeros((3, 32, 32)), bow)
+  with pytest.raises(ValueError, match="image_backbone"):
+    models.Student(bits=8, image_backbone="resnet").init(jax.random.key(0), imgs, bow)
