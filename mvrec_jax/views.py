@@ -1,0 +1,270 @@
+"""MVREC region-context views: polygon -> alpha mask, multi-view crops, resize chain, normalisation.
+
+One defect instance (an image, its polygon and its bounding box) becomes ``V`` views. Each view is
+a square (or bbox-relative) crop of the image and of the instance mask, taken identically, resized
+``512 -> 224`` with PIL (image bicubic, mask bilinear) and normalised for AlphaCLIP.
+
+The default ``"mso"`` recipe of the official code (github ShuaiLYU/MVREC,
+``modules/multi_view_data.py``) gives 27 views: crop sizes ``(256, 384, 512)`` px x centre shifts
+``(step * size) // 3`` for ``step in (-1, 0, 1)`` in y and in x, ordered size -> y -> x, around the
+bbox centre. Pixels outside the image are zero, in the image and in the mask.
+
+Exact arithmetic of one crop box (Python numbers, as the official code):
+
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2           # bbox centre (float)
+    sx = sy = size                                  # integer size: absolute pixels
+    sx, sy = |x2 - x1| * size, |y2 - y1| * size     # non-integer size: bbox-relative (mso_bbox)
+    ccx, ccy = cx + (x_step * sx) // 3, cy + (y_step * sy) // 3   # floor division: -256//3 = -86
+    box = (int(ccx - sx // 2), int(ccy - sy // 2),
+           int(ccx - sx // 2 + sx), int(ccy - sy // 2 + sy))     # int() truncates toward zero
+
+and the crop is ``PIL.Image.crop(box)`` (rows ``box[1]..box[3]-1``, columns ``box[0]..box[2]-1``,
+zero outside the image).
+
+Mask rasterisation (:func:`polygon_to_mask`): vertices are cast to int32 (truncation toward zero,
+as ``np.array(points, dtype=np.int32)`` in the official code), then ``PIL.ImageDraw.polygon`` fills
+value 255 on a zero ``(H, W)`` uint8 image. A pixel ``(x, y)`` is set when its integer coordinate
+lies inside the polygon or on its boundary (edges included, like ``cv2.fillPoly`` for integer
+vertices, e.g. the square ``(1,1),(4,1),(4,4),(1,4)`` sets the 4x4 block rows/cols 1..4).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "CLIP_MEAN", "CLIP_STD", "ALPHA_MEAN", "ALPHA_STD", "OFFICIAL_CROP_SIZES", "OFFICIAL_RESIZE",
+    "MV_METHODS", "ViewSpec", "view_specs", "scaled_crop_sizes", "polygon_to_mask", "bbox_of_polygon",
+    "crop_box", "render_views", "normalize_image", "normalize_alpha", "instance_views",
+]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ALPHA_MEAN = 0.5
+ALPHA_STD = 0.26
+OFFICIAL_CROP_SIZES = (256, 384, 512)
+OFFICIAL_RESIZE = (512, 224)
+# Sizes of the official "mso_bbox" ablation: crop = bbox side x factor (non-integer -> relative).
+BBOX_RELATIVE_FACTORS = (0.999, 1.4999, 1.999)
+
+# method -> (which sizes, x/y steps, angles, flips); mirrors the official mv_method map.
+_STEPS3 = (-1, 0, 1)
+MV_METHODS = {
+    "none": dict(sizes="first", steps=(0,), angles=(0,), flips=(0,)),
+    "ms": dict(sizes="all", steps=(0,), angles=(0,), flips=(0,)),
+    "mo": dict(sizes="first", steps=_STEPS3, angles=(0,), flips=(0,)),
+    "mr": dict(sizes="first", steps=(0,), angles=(0, 90, 180, 270), flips=(0,)),
+    "mf": dict(sizes="first", steps=(0,), angles=(0,), flips=(0, 1, 2, 3, 4)),
+    "mso": dict(sizes="all", steps=_STEPS3, angles=(0,), flips=(0,)),
+    "msf": dict(sizes="all", steps=(0,), angles=(0,), flips=(0, 1, 2, 3, 4)),
+    "msr": dict(sizes="all", steps=(0,), angles=(0, 90, 180, 270), flips=(0,)),
+    "mor": dict(sizes="first", steps=_STEPS3, angles=(0, 90, 180, 270), flips=(0,)),
+    "mso_bbox": dict(sizes="bbox", steps=_STEPS3, angles=(0,), flips=(0,)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewSpec:
+  """One view: crop ``size`` (int: absolute px; float: x bbox side), centre steps, rotation, flip.
+
+  ``angle``: degrees counter-clockwise, the whole image rotated about the crop centre before the
+  crop (bilinear, zero fill). ``flip``: 0 none, 1 left-right, 2 up-down, 3 anti-transpose,
+  4 transpose (the codes of the official ``MvParam.flip_img``), applied to the crop.
+  """
+  size: float
+  x_step: int = 0
+  y_step: int = 0
+  angle: float = 0
+  flip: int = 0
+
+
+def view_specs(method: str = "mso", crop_sizes: Sequence[float] = OFFICIAL_CROP_SIZES) -> list[ViewSpec]:
+  """The views of a multi-view method, ordered size -> y step -> x step -> angle -> flip.
+
+  ``crop_sizes`` are absolute pixel sizes (the official 256/384/512 for ~1024 px images; scale them
+  for small images, see :func:`scaled_crop_sizes`). ``"mso_bbox"`` ignores them and uses the
+  bbox-relative factors (0.999, 1.4999, 1.999).
+  """
+  if method not in MV_METHODS:
+    raise ValueError(f"Unknown multi-view method {method!r}; choose one of {sorted(MV_METHODS)}.")
+  cfg = MV_METHODS[method]
+  crop_sizes = tuple(crop_sizes)
+  if cfg["sizes"] == "bbox":
+    sizes = BBOX_RELATIVE_FACTORS
+  else:
+    if not crop_sizes:
+      raise ValueError("crop_sizes is empty; give at least one crop size in pixels.")
+    for s in crop_sizes:
+      if not float(s).is_integer() or s <= 0:
+        raise ValueError(f"Absolute crop sizes must be positive integers, got {s!r} in {crop_sizes}.")
+    sizes = tuple(int(s) for s in crop_sizes)
+    if cfg["sizes"] == "first":
+      sizes = sizes[:1]
+  return [ViewSpec(size=s, x_step=i, y_step=j, angle=a, flip=f)
+          for s in sizes for j in cfg["steps"] for i in cfg["steps"]
+          for a in cfg["angles"] for f in cfg["flips"]]
+
+
+def scaled_crop_sizes(image_size: int, reference_size: int = 1024,
+                      crop_sizes: Sequence[int] = OFFICIAL_CROP_SIZES) -> tuple[int, ...]:
+  """Official crop sizes scaled to an image side: 1024 -> (256, 384, 512); 128 -> (32, 48, 64)."""
+  return tuple(max(1, int(round(s * image_size / reference_size))) for s in crop_sizes)
+
+
+def polygon_to_mask(points, width: int, height: int) -> np.ndarray:
+  """Instance polygon ``[[x, y], ...]`` -> ``(height, width)`` uint8 mask, 255 inside and on edges."""
+  pts = np.asarray(points, dtype=np.float64)
+  if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
+    raise ValueError(f"A polygon must be a non-empty list of [x, y] pairs; got shape {pts.shape}.")
+  if not np.all(np.isfinite(pts)):
+    raise ValueError("The polygon has non-finite coordinates.")
+  if width <= 0 or height <= 0:
+    raise ValueError(f"Mask size must be positive, got width={width}, height={height}.")
+  ipts = [tuple(int(v) for v in p) for p in pts.astype(np.int32)]
+  mask = Image.new("L", (int(width), int(height)), 0)
+  draw = ImageDraw.Draw(mask)
+  if len(ipts) == 1:
+    draw.point(ipts, fill=255)
+  elif len(ipts) == 2:
+    draw.line(ipts, fill=255)
+  else:
+    draw.polygon(ipts, fill=255)
+  return np.asarray(mask, dtype=np.uint8)
+
+
+def bbox_of_polygon(points) -> tuple[float, float, float, float]:
+  """``(x1, y1, x2, y2)`` = min/max of the polygon vertices (as the MVTec-FS CSV columns)."""
+  pts = np.asarray(points, dtype=np.float64)
+  return (float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max()))
+
+
+def crop_box(bbox: Sequence[float], spec: ViewSpec) -> tuple[int, int, int, int]:
+  """Crop box ``(left, top, right, bottom)`` of one view, with the official arithmetic (module doc)."""
+  x1, y1, x2, y2 = (float(v) for v in bbox)
+  if x2 < x1 or y2 < y1:
+    raise ValueError(f"Bad bbox {tuple(bbox)}: expected (x1, y1, x2, y2) with x1 <= x2 and y1 <= y2.")
+  cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+  if float(spec.size).is_integer():
+    sx = sy = int(spec.size)
+  else:
+    sx, sy = abs(x2 - x1) * float(spec.size), abs(y2 - y1) * float(spec.size)
+  ccx = cx + spec.x_step * sx // 3
+  ccy = cy + spec.y_step * sy // 3
+  box = (int(ccx - sx // 2), int(ccy - sy // 2), int(ccx - sx // 2 + sx), int(ccy - sy // 2 + sy))
+  if box[2] <= box[0] or box[3] <= box[1]:
+    raise ValueError(f"View {spec} of bbox {tuple(bbox)} gives an empty crop {box}; "
+                     "bbox-relative sizes need a bbox of at least 1 px per side.")
+  return box
+
+
+def _flip(a: np.ndarray, code: int) -> np.ndarray:
+  if code == 0:
+    return a
+  if code == 1:
+    return a[:, ::-1]
+  if code == 2:
+    return a[::-1]
+  if code == 3:
+    return np.swapaxes(a[::-1, ::-1], 0, 1)
+  if code == 4:
+    return np.swapaxes(a, 0, 1)
+  raise ValueError(f"Invalid flip code {code}; use 0 (none), 1 (left-right), 2 (up-down), "
+                   "3 (anti-transpose) or 4 (transpose).")
+
+
+def _rotate(img: Image.Image, angle: float, center: tuple[int, int]) -> Image.Image:
+  """Rotate counter-clockwise about integer pixel ``center`` (cv2 convention), bilinear, zero fill."""
+  # PIL puts pixel (i, j)'s centre at (i + .5, j + .5); cv2 at (i, j).
+  return img.rotate(angle, resample=Image.BILINEAR, center=(center[0] + 0.5, center[1] + 0.5),
+                    fillcolor=0)
+
+
+def _as_pil(image) -> Image.Image:
+  if isinstance(image, Image.Image):
+    if image.mode in ("L", "RGB"):
+      return image
+    return image.convert("RGB")
+  a = np.asarray(image)
+  if a.dtype != np.uint8:
+    raise ValueError(f"Images must be uint8 (0..255), got dtype {a.dtype}.")
+  if a.ndim == 3 and a.shape[-1] == 1:
+    a = a[..., 0]
+  if a.ndim == 2:
+    return Image.fromarray(a, mode="L")
+  if a.ndim == 3 and a.shape[-1] == 3:
+    return Image.fromarray(a, mode="RGB")
+  raise ValueError(f"Images must be (H, W), (H, W, 1) or (H, W, 3) uint8; got shape {a.shape}.")
+
+
+def render_views(image, mask, bbox: Sequence[float], specs: Iterable[ViewSpec],
+                 resize: Sequence[int] = OFFICIAL_RESIZE) -> tuple[np.ndarray, np.ndarray]:
+  """Crops and resizes: image ``(H, W[, 3])`` uint8 + mask ``(H, W)`` -> ``(V, S, S, 3)``, ``(V, S, S)`` uint8.
+
+  ``resize`` is the chain of square sizes applied in turn with PIL (``Image.resize``; image
+  ``BICUBIC``, mask ``BILINEAR``, each step rounded to uint8 as PIL images are); ``S = resize[-1]``.
+  An empty chain keeps the crop size (all crops must then have the same size).
+  """
+  img = _as_pil(image)
+  m = _as_pil(np.asarray(mask, dtype=np.uint8))
+  if m.mode != "L":
+    raise ValueError("The mask must be single-channel (H, W).")
+  if img.size != m.size:
+    raise ValueError(f"Image size {img.size} and mask size {m.size} (width, height) differ.")
+  resize = tuple(int(s) for s in resize)
+  out_img, out_mask = [], []
+  for spec in specs:
+    box = crop_box(bbox, spec)
+    src_img, src_mask = img, m
+    if spec.angle % 360:
+      center = ((box[0] + box[2]) // 2, (box[1] + box[3]) // 2)
+      src_img, src_mask = _rotate(img, spec.angle, center), _rotate(m, spec.angle, center)
+    ci, cm = src_img.crop(box), src_mask.crop(box)
+    for s in resize:
+      ci = ci.resize((s, s), Image.BICUBIC)
+      cm = cm.resize((s, s), Image.BILINEAR)
+    ci = ci.convert("RGB")
+    a_img, a_mask = _flip(np.asarray(ci), spec.flip), _flip(np.asarray(cm), spec.flip)
+    out_img.append(np.ascontiguousarray(a_img))
+    out_mask.append(np.ascontiguousarray(a_mask))
+  if not out_img:
+    raise ValueError("No views requested.")
+  shapes = {a.shape for a in out_img}
+  if len(shapes) != 1:
+    raise ValueError(f"Views have different sizes {sorted(shapes)}; give a resize chain to make them equal.")
+  return np.stack(out_img), np.stack(out_mask)
+
+
+def normalize_image(images_u8: np.ndarray) -> np.ndarray:
+  """uint8 RGB ``(..., 3)`` -> float32 ``(x / 255 - CLIP_MEAN) / CLIP_STD``."""
+  x = np.asarray(images_u8, dtype=np.float32) / np.float32(255.0)
+  return ((x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)).astype(np.float32)
+
+
+def normalize_alpha(masks_u8: np.ndarray) -> np.ndarray:
+  """uint8 mask ``(...)`` -> float32 ``(m / 255 - 0.5) / 0.26`` with a trailing channel axis."""
+  m = np.asarray(masks_u8, dtype=np.float32) / np.float32(255.0)
+  return ((m - np.float32(ALPHA_MEAN)) / np.float32(ALPHA_STD))[..., None].astype(np.float32)
+
+
+def instance_views(image, polygon, bbox: Sequence[float] | None = None, *, method: str = "mso",
+                   crop_sizes: Sequence[float] = OFFICIAL_CROP_SIZES,
+                   resize: Sequence[int] = OFFICIAL_RESIZE,
+                   specs: Sequence[ViewSpec] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """One defect instance -> AlphaCLIP inputs ``(V, S, S, 3)`` image and ``(V, S, S, 1)`` alpha, float32 NHWC.
+
+  ``image``: PIL image or uint8 array ``(H, W[, 3])``; ``polygon``: ``[[x, y], ...]`` in image pixels;
+  ``bbox``: ``(x1, y1, x2, y2)`` (default: the polygon's min/max, as in the MVTec-FS CSVs).
+  ``specs`` overrides ``method``/``crop_sizes``. Default: the 27 official "mso" views at 224 px.
+  """
+  img = _as_pil(image)
+  width, height = img.size
+  mask = polygon_to_mask(polygon, width, height)
+  if bbox is None:
+    bbox = bbox_of_polygon(polygon)
+  if specs is None:
+    specs = view_specs(method, crop_sizes)
+  imgs, masks = render_views(img, mask, bbox, specs, resize)
+  return normalize_image(imgs), normalize_alpha(masks)
