@@ -170,13 +170,15 @@ _ZHANG_MASK_NSIG = 3.0
 
 def _zhang_vignette_profile(start: jax.Array, length: int) -> jax.Array:
     """1-D factor of Zhang's ``gkern(560, 3)`` at rows start..start+length-1, over its max."""
+    # gkern: x = linspace(-nsig - interval/2, nsig + interval/2, 561), k1d = diff(Phi(x)),
+    # mask = sqrt(outer(k1d, k1d)) / max; x[280] = 0 is the peak's left edge.
     interval = (2 * _ZHANG_MASK_NSIG + 1.0) / _ZHANG_MASK_SIZE
     lo = -_ZHANG_MASK_NSIG - interval / 2.0
+    step = (2 * _ZHANG_MASK_NSIG + interval) / _ZHANG_MASK_SIZE
     pos = start + jnp.arange(length + 1, dtype=jnp.float32)
-    cdf = jax.scipy.stats.norm.cdf(lo + pos * interval)
+    cdf = jax.scipy.stats.norm.cdf(lo + pos * step)
     k1d = cdf[1:] - cdf[:-1]
-    centre = _ZHANG_MASK_SIZE // 2
-    peak = jax.scipy.stats.norm.cdf(lo + (centre + 1) * interval) - jax.scipy.stats.norm.cdf(lo + centre * interval)
+    peak = jax.scipy.stats.norm.cdf(step) - 0.5
     return k1d / peak
 
 
