@@ -149,18 +149,22 @@ class SmallCNN(nn.Module):
 
 
 class VGGFeatures(nn.Module):
-  """VGG16 conv features from ``backbones_jax.vgg`` (deepest tap, avg+max pooled): (B,H,W,3) -> (B, 1024).
+  """VGG16 conv features (``relu5_3``, avg+max pooled): (B, H, W, 3) ImageNet-normalised -> (B, 1024).
 
-  Parameters live under ``params["vgg"]`` in the torchvision-converted layout returned by
-  ``backbones_jax.vgg.load_torchvision_vgg`` (see ``Student.load_vgg``).
+  Parameters live under ``params["image_net"]["vgg"]`` in the layout of
+  ``backbones_jax.vgg.load_torchvision_vgg`` (see ``load_vgg_into_student``). ``width_divisor > 1``
+  gives a thin random VGG for tests only.
   """
   depth: int = 16
+  width_divisor: int = 1
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
     from backbones_jax import vgg as vgg_lib  # imported lazily: only this option needs it
-    taps = vgg_lib.VGG(depth=self.depth, name="vgg")(images)
-    deepest = taps[sorted(taps)[-1]] if isinstance(taps, dict) else taps
+    last = vgg_lib.all_taps(self.depth)[-1]
+    taps = vgg_lib.VGG(depth=self.depth, taps=(last,), width_divisor=self.width_divisor,
+                       name="vgg")(images)
+    deepest = taps[last]
     return jnp.concatenate([jnp.mean(deepest, axis=(1, 2)), jnp.max(deepest, axis=(1, 2))], -1)
 
 
@@ -186,12 +190,13 @@ class Student(nn.Module):
   cnn_widths: tuple[int, ...] = (32, 64, 128)
   text_hidden: int = 512
   image_hidden: int = 512
+  vgg_width_divisor: int = 1
 
   def setup(self):
     if self.image_backbone == "small_cnn":
       self.image_net = SmallCNN(self.cnn_widths)
     elif self.image_backbone == "vgg16":
-      self.image_net = VGGFeatures(16)
+      self.image_net = VGGFeatures(16, self.vgg_width_divisor)
     else:
       raise ValueError(f"image_backbone must be 'small_cnn' or 'vgg16'; got "
                        f"{self.image_backbone!r}.")

@@ -39,3 +39,21 @@ def test_student_shapes():
     s.apply(params, jnp.zeros((3, 32, 32)), bow)
   with pytest.raises(ValueError, match="image_backbone"):
     models.Student(bits=8, image_backbone="resnet").init(jax.random.key(0), imgs, bow)
+
+
+def test_student_vgg16_option_loads_backbone_params():
+  from backbones_jax import vgg as vgg_lib
+  s = models.Student(bits=16, image_backbone="vgg16", vgg_width_divisor=16, text_hidden=8,
+                     image_hidden=8)
+  imgs = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  bow = jnp.ones((2, 10))
+  params = s.init(jax.random.key(0), imgs, bow)["params"]
+  _, vgg_params = vgg_lib.init_vgg(16, seed=3, width_divisor=16)
+  new = models.load_vgg_into_student(params, vgg_params)
+  np.testing.assert_array_equal(new["image_net"]["vgg"]["conv1_1"]["kernel"],
+                                vgg_params["conv1_1"]["kernel"])
+  out = s.apply({"params": new}, imgs, bow)
+  assert out["image"].shape == (2, 16)
+  small = models.Student(bits=16).init(jax.random.key(0), imgs, bow)["params"]
+  with pytest.raises(ValueError, match="image_backbone='vgg16'"):
+    models.load_vgg_into_student(small, vgg_params)
