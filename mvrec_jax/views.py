@@ -237,16 +237,30 @@ def render_views(image, mask, bbox: Sequence[float], specs: Iterable[ViewSpec],
   return np.stack(out_img), np.stack(out_mask)
 
 
+# Exact per-value tables (float32 arithmetic of the formula), 2-3x faster than broadcasting.
+_IMAGE_LUT = ((np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - np.asarray(CLIP_MEAN, np.float32))
+              / np.asarray(CLIP_STD, np.float32)).astype(np.float32)  # (256, 3)
+_ALPHA_LUT = ((np.arange(256, dtype=np.float32) / np.float32(255.0) - np.float32(ALPHA_MEAN))
+              / np.float32(ALPHA_STD)).astype(np.float32)  # (256,)
+
+
 def normalize_image(images_u8: np.ndarray) -> np.ndarray:
   """uint8 RGB ``(..., 3)`` -> float32 ``(x / 255 - CLIP_MEAN) / CLIP_STD``."""
-  x = np.asarray(images_u8, dtype=np.float32) / np.float32(255.0)
-  return ((x - np.asarray(CLIP_MEAN, np.float32)) / np.asarray(CLIP_STD, np.float32)).astype(np.float32)
+  x = np.asarray(images_u8)
+  if x.dtype != np.uint8 or x.shape[-1:] != (3,):
+    raise ValueError(f"normalize_image expects uint8 (..., 3) images, got {x.dtype} {x.shape}.")
+  out = np.empty(x.shape, np.float32)
+  for c in range(3):
+    out[..., c] = _IMAGE_LUT[:, c][x[..., c]]
+  return out
 
 
 def normalize_alpha(masks_u8: np.ndarray) -> np.ndarray:
   """uint8 mask ``(...)`` -> float32 ``(m / 255 - 0.5) / 0.26`` with a trailing channel axis."""
-  m = np.asarray(masks_u8, dtype=np.float32) / np.float32(255.0)
-  return ((m - np.float32(ALPHA_MEAN)) / np.float32(ALPHA_STD))[..., None].astype(np.float32)
+  m = np.asarray(masks_u8)
+  if m.dtype != np.uint8:
+    raise ValueError(f"normalize_alpha expects uint8 masks, got {m.dtype}.")
+  return _ALPHA_LUT[m][..., None]
 
 
 def instance_views(image, polygon, bbox: Sequence[float] | None = None, *, method: str = "mso",

@@ -159,3 +159,15 @@ def test_grayscale_image_and_errors():
     V.instance_views(g.astype(np.float32), [[1, 1], [2, 2], [1, 2]])
   with pytest.raises(ValueError, match="differ"):
     V.render_views(g, np.zeros((4, 4), np.uint8), (1, 1, 2, 2), [V.ViewSpec(2)], resize=())
+
+
+def test_normalisation_tables_equal_formula():
+  x = np.arange(256, dtype=np.uint8)
+  rgb = np.stack([x, x[::-1], np.roll(x, 7)], -1)
+  exp = (rgb.astype(np.float32) / np.float32(255) - np.asarray(V.CLIP_MEAN, np.float32)) / np.asarray(V.CLIP_STD, np.float32)
+  np.testing.assert_array_equal(V.normalize_image(rgb), exp)
+  np.testing.assert_allclose(V.normalize_image(rgb), (rgb / 255.0 - V.CLIP_MEAN) / V.CLIP_STD, atol=1e-6)
+  np.testing.assert_allclose(V.normalize_alpha(x)[:, 0], (x / 255.0 - 0.5) / 0.26, atol=1e-6)
+  assert V.normalize_alpha(np.zeros((2, 3), np.uint8)).shape == (2, 3, 1)
+  with pytest.raises(ValueError, match="uint8"):
+    V.normalize_image(rgb.astype(np.float32))
