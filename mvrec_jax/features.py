@@ -149,14 +149,16 @@ def extract_features(encode_fn: EncodeFn, params, instances: Sequence[data_lib.I
                      crop_sizes: Sequence[float] = views_lib.OFFICIAL_CROP_SIZES,
                      resize: Sequence[int] = views_lib.OFFICIAL_RESIZE, batch_size: int | None = None,
                      mesh: Mesh | None = None, cache_dir: str | os.PathLike | None = None,
-                     num_threads: int = 4, progress: bool = True) -> FeatureSet:
+                     num_threads: int | None = None, progress: bool = True) -> FeatureSet:
   """Multi-view features ``(N, V, D)`` float32 of ``instances`` (images read from disk), cached.
 
   ``encode_fn(params, images (M, H, W, 3), alphas (M, H, W, 1)) -> (M, D)``, e.g.
   :func:`alpha_clip_encode_fn`. ``dataset``/``backbone`` name the cache entry (use the checkpoint
   file name or preset for ``backbone``: the parameters themselves are not hashed). ``batch_size``
   (instances per jitted call, default one per device) is rounded up to a multiple of the device
-  count; every call has the same shape so the encoder compiles once.
+  count; every call has the same shape so the encoder compiles once. Views are rendered by
+  ``num_threads`` host threads (default: CPU count, at most 8; PIL releases the GIL).
+  Single-process: on multi-host runs call it per host on that host's share of the instances.
   """
   if not instances:
     raise ValueError("No instances to encode.")
@@ -191,7 +193,8 @@ def extract_features(encode_fn: EncodeFn, params, instances: Sequence[data_lib.I
   pending = None  # (device result, count) of the previous batch, fetched after the next dispatch
   bar = tqdm(total=len(instances), desc=f"features {dataset}/{split or 'all'}", unit="inst",
              disable=not progress)
-  with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+  threads = min(8, os.cpu_count() or 1) if num_threads is None else max(1, int(num_threads))
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     for chunk in chunks:
       rendered = list(pool.map(render, chunk))
       imgs = np.stack([r[0] for r in rendered])
