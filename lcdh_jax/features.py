@@ -1,0 +1,100 @@
+"""Frozen CLIP features for the teacher, computed once and cached on disk.
+
+Cache layout (one pair of files per (dataset, model, content)) under ``cache_dir``::
+
+    <dataset>__<model-slug>__<key-hash>.npz   image (N, P) float32, text (N, P) float32
+    <dataset>__<model-slug>__<key-hash>.json  the key: dataset, model, image_size, num_items,
+                                              content fingerprint (sha1 of labels + captions)
+
+A cache file is reused only if its JSON key equals the requested key, so changing the dataset
+files, the CLIP model or the image size recomputes the features.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["fingerprint", "cache_key", "cache_paths", "compute_clip_features", "cached_clip_features"]
+
+Tokenize = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
+
+
+def fingerprint(labels: np.ndarray, captions: Sequence[str]) -> str:
+  """sha1 of the labels and captions: identifies the dataset content cheaply (no image hashing)."""
+  h = hashlib.sha1()
+  h.update(np.ascontiguousarray(np.asarray(labels, np.float32)).tobytes())
+  for c in captions:
+    h.update(c.encode("utf-8") + b"\0")
+  return h.hexdigest()
+
+
+def cache_key(*, dataset: str, model: str, image_size: int, num_items: int, content: str) -> dict:
+  return {"dataset": dataset, "model": model, "image_size": int(image_size),
+          "num_items": int(num_items), "content": content, "version": 1}
+
+
+def cache_paths(cache_dir: str | os.PathLike, key: dict) -> tuple[Path, Path]:
+  slug = re.sub(r"[^A-Za-z0-9._-]+", "-", key["model"]).strip("-")[-60:]
+  digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+  stem = Path(cache_dir) / f"{key['dataset']}__{slug}__{digest}"
+  return stem.with_suffix(".npz"), stem.with_suffix(".json")
+
+
+def compute_clip_features(*, get_images: Callable[[np.ndarray], np.ndarray], captions: Sequence[str],
+                          encode_image: Callable[[np.ndarray], np.ndarray],
+                          encode_text: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                          tokenize: Tokenize, batch_size: int = 64,
+                          desc: str = "CLIP features") -> dict[str, np.ndarray]:
+  """Encode every item: ``get_images(idx)`` -> CLIP-normalised (B, S, S, 3) float32.
+
+  ``encode_image(images) -> (B, P)``; ``encode_text(ids, mask) -> (B, P)``; ``tokenize(texts) ->
+  (ids, mask)``. Batches are padded to ``batch_size`` so the encoders compile once.
+  """
+  from tqdm.auto import tqdm
+  n = len(captions)
+  if n == 0:
+    raise ValueError("no items to encode.")
+  img_out, txt_out = [], []
+  for s in tqdm(range(0, n, batch_size), desc=desc, leave=False):
+    idx = np.arange(s, min(s + batch_size, n))
+    pad = batch_size - idx.size
+    pidx = np.concatenate([idx, np.repeat(idx[-1:], pad)]) if pad else idx
+    ims = get_images(pidx)
+    ids, mask = tokenize([captions[i] for i in pidx])
+    img_out.append(np.asarray(encode_image(ims), np.float32)[:idx.size])
+    txt_out.append(np.asarray(encode_text(ids, mask), np.float32)[:idx.size])
+  return {"image": np.concatenate(img_out), "text": np.concatenate(txt_out)}
+
+
+def cached_clip_features(*, cache_dir: str | os.PathLike, dataset: str, model: str, image_size: int,
+                         labels: np.ndarray, captions: Sequence[str],
+                         compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Load the cached features for this key, or ``compute()`` them and write the cache."""
+  key = cache_key(dataset=dataset, model=model, image_size=image_size, num_items=len(captions),
+                  content=fingerprint(labels, captions))
+  npz, meta = cache_paths(cache_dir, key)
+  if npz.exists() and meta.exists():
+    try:
+      if json.loads(meta.read_text()) == key:
+        with np.load(npz) as f:
+          out = {"image": f["image"], "text": f["text"]}
+        if out["image"].shape[0] == len(captions) == out["text"].shape[0]:
+          return out
+    except (OSError, ValueError, KeyError):
+      pass  # corrupt cache: recompute below
+  out = compute()
+  if out["image"].shape[0] != len(captions) or out["text"].shape[0] != len(captions):
+    raise ValueError(f"compute() returned {out['image'].shape[0]} image and "
+                     f"{out['text'].shape[0]} text features for {len(captions)} items.")
+  Path(cache_dir).mkdir(parents=True, exist_ok=True)
+  tmp = npz.with_suffix(".tmp.npz")
+  np.savez(tmp, image=out["image"].astype(np.float32), text=out["text"].astype(np.float32))
+  os.replace(tmp, npz)
+  meta.write_text(json.dumps(key, indent=1, sort_keys=True))
+  return out
