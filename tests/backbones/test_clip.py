@@ -1,0 +1,236 @@
+"""CLIP in Flax vs transformers' PyTorch CLIPModel; checkpoint loading and its errors."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from backbones_jax import clip, convert
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import hf_to_openai, torch_features  # noqa: E402  pylint: disable=g-import-not-at-top
+
+TOL = 1e-5
+
+
+def _save_hf(model, directory, fmt):
+  os.makedirs(directory, exist_ok=True)
+  if fmt == "safetensors":
+    model.save_pretrained(directory)
+    assert os.path.exists(os.path.join(directory, "model.safetensors"))
+  else:  # transformers 5 no longer writes pytorch_model.bin itself
+    model.config.to_json_file(os.path.join(directory, "config.json"))
+    torch.save(model.state_dict(), os.path.join(directory, "pytorch_model.bin"))
+  return directory
+
+
+def _assert_parity(model, params, torch_model, inputs):
+  images, ids, mask = inputs
+  want_img, want_txt = torch_features(torch_model, images, ids, mask)
+  got_img = np.asarray(clip.encode_image(model, params, images))
+  got_txt = np.asarray(clip.encode_text(model, params, ids, mask))
+  assert got_img.shape == want_img.shape and got_txt.shape == want_txt.shape
+  np.testing.assert_allclose(got_img, want_img, atol=TOL, rtol=0)
+  np.testing.assert_allclose(got_txt, want_txt, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_hf_checkpoint_parity(tmp_path, torch_clip, clip_inputs, tiny_spec, fmt):
+  directory = _save_hf(torch_clip, tmp_path / fmt, fmt)
+  model, params = clip.load_clip(str(directory))
+  assert model.spec == tiny_spec
+  _assert_parity(model, params, torch_clip, clip_inputs)
+  # Full forward: logits are exp(logit_scale) * cosine similarities.
+  out = model.apply({"params": params}, clip_inputs[0], clip_inputs[1], clip_inputs[2])
+  i = out["image_embeds"] / np.linalg.norm(out["image_embeds"], axis=-1, keepdims=True)
+  t = out["text_embeds"] / np.linalg.norm(out["text_embeds"], axis=-1, keepdims=True)
+  scale = float(torch_clip.logit_scale.detach().exp())
+  np.testing.assert_allclose(out["logits_per_image"], scale * i @ t.T, rtol=1e-5)
+
+
+def test_param_tree_names(tiny_spec):
+  model = clip.CLIP(tiny_spec)
+  flat = convert.flatten(clip.abstract_params(model))
+  for name in ["text_model/embeddings/token_embedding/embedding",
+               "text_model/embeddings/position_embedding/embedding",
+               "text_model/encoder/layers/0/self_attn/q_proj/kernel",
+               "text_model/encoder/layers/1/mlp/fc2/bias",
+               "text_model/final_layer_norm/scale",
+               "vision_model/embeddings/patch_embedding/kernel",
+               "vision_model/embeddings/class_embedding",
+               "vision_model/embeddings/position_embedding/embedding",
+               "vision_model/pre_layrnorm/scale", "vision_model/post_layernorm/bias",
+               "visual_projection/kernel", "text_projection/kernel", "logit_scale"]:
+    assert name in flat, name
+  assert flat["vision_model/embeddings/patch_embedding/kernel"].shape == (8, 8, 3, 128)
+  assert flat["text_model/encoder/layers/0/self_attn/q_proj/kernel"].shape == (128, 128)
+  assert flat["logit_scale"].shape == ()
+  assert model == clip.CLIP(tiny_spec) and hash(model) == hash(clip.CLIP(tiny_spec))
+
+
+@pytest.mark.parametrize("form", ["state_dict", "torchscript"])
+def test_openai_checkpoint_parity(tmp_path, torch_clip, clip_inputs, tiny_spec, form):
+  sd = hf_to_openai(torch_clip.state_dict(), 2, 2)
+  path = tmp_path / "ViT-tiny.pt"
+  if form == "state_dict":
+    torch.save(sd, path)
+  else:  # OpenAI's released .pt files are TorchScript archives
+    root = torch.nn.Module()
+    for name, t in sd.items():
+      *mods, leaf = name.split(".")
+      mod = root
+      for m in mods:
+        if not hasattr(mod, m):
+          mod.add_module(m, torch.nn.Module())
+        mod = getattr(mod, m)
+      mod.register_parameter(leaf, torch.nn.Parameter(t.clone()))
+    torch.jit.save(torch.jit.script(root), path)
+  model, params = clip.load_clip(str(path))
+  # Inferred from shapes: everything but the EOS id equals the HF config.
+  assert model.spec.vision == tiny_spec.vision
+  assert model.spec.projection_dim == tiny_spec.projection_dim
+  assert model.spec.text.max_position_embeddings == 16 and model.spec.text.vocab_size == 64
+  _assert_parity(model, params, torch_clip, clip_inputs)
+
+
+def test_flax_msgpack_and_bf16(tmp_path, torch_clip, clip_inputs, tiny_spec):
+  ref_model, ref_params = clip.load_clip(str(_save_hf(torch_clip, tmp_path / "st", "safetensors")))
+  d = tmp_path / "flax"
+  d.mkdir()
+  torch_clip.config.to_json_file(d / "config.json")
+  (d / "flax_model.msgpack").write_bytes(flax.serialization.msgpack_serialize(
+      jax.tree.map(np.asarray, ref_params)))
+  model, params = clip.load_clip(str(d))
+  _assert_parity(model, params, torch_clip, clip_inputs)
+  # bf16 compute with fp32 params stays close to fp32.
+  bf_model, bf_params = clip.load_clip(str(d), dtype=jnp.bfloat16)
+  assert jax.tree.leaves(bf_params)[0].dtype == jnp.float32
+  want = np.asarray(clip.encode_image(ref_model, ref_params, clip_inputs[0]))
+  got = np.asarray(clip.encode_image(bf_model, bf_params, clip_inputs[0]))
+  cos = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+  assert got.dtype == np.float32 and np.all(cos > 0.99), cos
+
+
+def test_eos_pooling_semantics(torch_clip, tiny_spec):
+  """eos_token_id == 2 (legacy HF configs) pools at argmax(ids); otherwise at the first EOS."""
+  sd = {k: v.numpy() for k, v in torch_clip.state_dict().items()}
+  # Row 1: argmax is position 1 (62) but the first id 5 is at position 3.
+  ids = np.array([[0, 5, 7, 9, 5, 5], [0, 62, 9, 5, 7, 5]], np.int32)
+  got = {}
+  for eos_id in (5, 2):
+    cfg = tiny_spec.to_hf_config()
+    cfg.text_config.eos_token_id = eos_id
+    tm = transformers.CLIPModel(cfg).eval()
+    tm.load_state_dict(torch_clip.state_dict())
+    spec = clip.CLIPSpec.from_hf_config(cfg)
+    assert spec.text.eos_token_id == eos_id
+    model = clip.CLIP(spec)
+    flat = convert.convert_state_dict(sd, convert.HF_CLIP_TABLE,
+                                      convert.flatten(clip.abstract_params(model)),
+                                      ignore=convert.HF_IGNORED)
+    with torch.no_grad():
+      want = tm.get_text_features(input_ids=torch.tensor(ids, dtype=torch.long))
+    want = getattr(want, "pooler_output", want).numpy()
+    got[eos_id] = np.asarray(clip.encode_text(model, convert.unflatten(flat), ids))
+    np.testing.assert_allclose(got[eos_id], want, atol=TOL)
+  assert not np.allclose(got[5][1], got[2][1], atol=1e-3)  # the two rules really differ here
+
+
+def test_loading_errors(tmp_path, torch_clip, tiny_spec):
+  sd = {k: v.numpy() for k, v in torch_clip.state_dict().items()}
+  expected = convert.flatten(clip.abstract_params(clip.CLIP(tiny_spec)))
+  bad = dict(sd)
+  del bad["vision_model.post_layernorm.bias"]
+  bad["text_model.extra_head.weight"] = np.zeros((2, 2), np.float32)
+  bad["text_projection.weight"] = np.zeros((5, 128), np.float32)
+  with pytest.raises(convert.CheckpointMismatchError) as err:
+    convert.convert_state_dict(bad, convert.HF_CLIP_TABLE, expected, ignore=convert.HF_IGNORED)
+  msg = str(err.value)
+  assert "missing keys (1): vision_model/post_layernorm/bias" in msg
+  assert "text_model.extra_head.weight" in msg
+  assert "text_projection/kernel: checkpoint (128, 5) vs model (128, 24)" in msg
+  # Same through load_clip on a directory.
+  d = tmp_path / "bad"
+  d.mkdir()
+  torch_clip.config.to_json_file(d / "config.json")
+  torch.save({k: torch.tensor(v) for k, v in bad.items()}, d / "pytorch_model.bin")
+  with pytest.raises(convert.CheckpointMismatchError, match="post_layernorm"):
+    clip.load_clip(str(d))
+  # Directory without weights / without config; missing files; hub ids are never guessed from
+  # paths.
+  e = tmp_path / "empty"
+  e.mkdir()
+  (e / "config.json").write_text(json.dumps(torch_clip.config.to_dict()))
+  with pytest.raises(FileNotFoundError, match="has no weights"):
+    clip.load_clip(str(e))
+  with pytest.raises(FileNotFoundError, match="no config.json"):
+    clip.load_clip(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="no such CLIP checkpoint"):
+    clip.load_clip(str(tmp_path / "nope.pt"))
+  with pytest.raises(FileNotFoundError, match="hub"):  # offline (HF_HUB_OFFLINE=1 in tests)
+    clip.load_clip("not-a-user/not-a-clip-model")
+  # A non-CLIP .pt
+  torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+  with pytest.raises(convert.CheckpointMismatchError, match="not an OpenAI CLIP"):
+    clip.load_clip(str(tmp_path / "other.pt"))
+
+
+def test_input_errors(tiny_spec):
+  model, params = clip.init_clip(tiny_spec, seed=1)
+  with pytest.raises(ValueError, match="NCHW"):
+    clip.encode_image(model, params, np.zeros((2, 3, 32, 32), np.float32))
+  with pytest.raises(ValueError, match=r"\(B, 32, 32, 3\)"):
+    clip.encode_image(model, params, np.zeros((2, 16, 16, 3), np.float32))
+  with pytest.raises(ValueError, match="max_position_embeddings"):
+    clip.encode_text(model, params, np.zeros((1, 17), np.int32))
+  with pytest.raises(ValueError, match="integer"):
+    clip.encode_text(model, params, np.zeros((1, 4), np.float32))
+  with pytest.raises(ValueError, match="channels-last"):
+    clip.normalize(np.zeros((1, 3, 4, 4)))
+  with pytest.raises(ValueError, match="not divisible"):
+    clip.CLIPVisionSpec(hidden_size=30, num_attention_heads=4)
+  with pytest.raises(ValueError, match="hidden_act"):
+    clip.CLIPTextSpec(hidden_act="swish2")
+  with pytest.raises(ValueError, match="unknown CLIP preset"):
+    clip.clip_spec("ViT-H/14")
+
+
+def test_normalize():
+  x = np.random.RandomState(0).rand(2, 4, 4, 3).astype(np.float32)
+  want = (x - np.array(clip.CLIP_MEAN)) / np.array(clip.CLIP_STD)
+  np.testing.assert_allclose(np.asarray(clip.normalize(x)), want, atol=1e-6)
+
+
+def test_encode_sharded_batch(tiny_spec):
+  """A batch sharded over the (fake) devices gives the same embeddings as one device."""
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  model, params = clip.init_clip(tiny_spec, seed=2)
+  images = np.random.RandomState(3).randn(8, 32, 32, 3).astype(np.float32)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  sharded = jax.device_put(images, NamedSharding(mesh, P("data")))
+  want = np.asarray(clip.encode_image(model, params, images))
+  np.testing.assert_allclose(np.asarray(clip.encode_image(model, params, sharded)), want,
+                             atol=1e-5)
+
+
+def test_preset_parameter_counts():
+  """Real-size presets under eval_shape. Totals equal transformers' CLIPModel counts for
+  openai/clip-vit-base-patch32 (151,277,313) and clip-vit-large-patch14 (427,616,513); the
+  vision towers (ViT + projection) match the published ~86M (B/16) and ~304M (L/14) to 0.5%."""
+  counts = {}
+  for name in ("ViT-B/32", "ViT-B/16", "ViT-L/14"):
+    p = clip.abstract_params(clip.CLIP(clip.clip_spec(name)))
+    counts[name] = (clip.count_params(p),
+                    clip.count_params(p["vision_model"]) + clip.count_params(p["visual_projection"]))
+  assert counts["ViT-B/32"][0] == 151_277_313
+  assert counts["ViT-L/14"][0] == 427_616_513
+  assert abs(counts["ViT-B/16"][1] / 86e6 - 1) < 0.005
+  assert abs(counts["ViT-L/14"][1] / 304e6 - 1) < 0.005
