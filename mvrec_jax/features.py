@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -57,7 +58,12 @@ def make_view_encoder(encode_fn: EncodeFn, mesh: Mesh | None = None):
   devices; :func:`encode_views` pads), ``params`` are replicated; all ``B * V`` views go through
   ``encode_fn`` as one batch.
   """
-  mesh = make_mesh() if mesh is None else mesh
+  return _cached_encoder(encode_fn, make_mesh() if mesh is None else mesh)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_encoder(encode_fn: EncodeFn, mesh: Mesh) -> "ViewEncoder":
+  """One jitted encoder per (encode_fn, mesh): repeated extractions (train, valid) compile once."""
   batch = NamedSharding(mesh, P(DATA_AXIS))
   repl = NamedSharding(mesh, P())
 
@@ -104,8 +110,12 @@ def encode_views(encoder, params, images: np.ndarray, alphas: np.ndarray) -> np.
   return np.asarray(out)[:n]
 
 
+@functools.lru_cache(maxsize=8)
 def alpha_clip_encode_fn(model) -> EncodeFn:
-  """``encode_fn`` for an AlphaCLIP ``model`` (``backbones_jax.alpha_clip.encode_image``: CLS after ln_post and proj)."""
+  """``encode_fn`` for an AlphaCLIP ``model`` (``backbones_jax.alpha_clip.encode_image``: CLS after ln_post and proj).
+
+  The same function object is returned for the same model, so the jitted encoder is reused.
+  """
   from backbones_jax import alpha_clip  # pylint: disable=import-outside-toplevel
 
   def fn(params, images, alphas):

@@ -89,18 +89,25 @@ def test_extract_features_matches_reference_and_caches(tmp_path, syn, params):
 
 def test_tiny_alpha_clip_features(syn):
   alpha_clip = pytest.importorskip("backbones_jax.alpha_clip")
-  spec_fn = getattr(alpha_clip, "tiny_alpha_clip_spec", None)
-  if spec_fn is None:
-    pytest.skip("backbones_jax.alpha_clip has no tiny_alpha_clip_spec yet")
-  spec = spec_fn()
-  model, p = alpha_clip.init_alpha_clip(spec, 0)
-  size = spec.vision.image_size if hasattr(spec, "vision") else spec.image_size
-  fs = F.extract_features(F.alpha_clip_encode_fn(model), p, syn.valid, dataset="syn", backbone="tiny",
-                          crop_sizes=(16, 24, 32), resize=(size,), progress=False)
+  spec = alpha_clip.tiny_alpha_clip_spec()
+  model = alpha_clip.AlphaCLIP(spec)
+  # random weights straight from the parameter shapes (quicker than init on a busy CPU); unlike
+  # init_alpha_clip, conv1_alpha is non-zero here so that the alpha maps matter
+  rng = np.random.default_rng(0)
+  p = jax.tree.map(lambda s: (0.1 * rng.standard_normal(s.shape)).astype(s.dtype),
+                   alpha_clip.abstract_params(model))
+  size = spec.vision.image_size
+  kw = dict(dataset="syn", backbone="tiny", crop_sizes=(16, 24, 32), resize=(size,), progress=False)
+  fs = F.extract_features(F.alpha_clip_encode_fn(model), p, syn.valid, **kw)
+  assert fs.features.shape == (len(syn.valid), 27, spec.projection_dim)
   x, a = D.instance_inputs(syn.valid[1], crop_sizes=(16, 24, 32), resize=(size,))
   ref = np.asarray(alpha_clip.encode_image(model, p, x, a))
-  assert fs.features.shape[:2] == (len(syn.valid), 27)
   np.testing.assert_allclose(fs.features[1], ref, rtol=1e-4, atol=1e-5)
+  no_alpha = np.asarray(alpha_clip.encode_image(model, p, x, np.zeros_like(a)))
+  assert np.abs(no_alpha - ref).max() > 1e-3  # the region map changes the feature
+  # the same model gives the same encode_fn, hence the same compiled encoder
+  assert F.alpha_clip_encode_fn(model) is F.alpha_clip_encode_fn(model)
+  assert F.make_view_encoder(F.alpha_clip_encode_fn(model)) is F.make_view_encoder(F.alpha_clip_encode_fn(model))
 
 
 def test_official_fixture_without_torch():
