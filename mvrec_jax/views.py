@@ -38,7 +38,8 @@ from PIL import Image, ImageDraw
 __all__ = [
     "CLIP_MEAN", "CLIP_STD", "ALPHA_MEAN", "ALPHA_STD", "OFFICIAL_CROP_SIZES", "OFFICIAL_RESIZE",
     "MV_METHODS", "ViewSpec", "view_specs", "scaled_crop_sizes", "polygon_to_mask", "bbox_of_polygon",
-    "crop_box", "render_views", "normalize_image", "normalize_alpha", "instance_views",
+    "crop_box", "render_views", "normalize_image", "normalize_alpha", "instance_views", "denormalize",
+    "save_views_png",
 ]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -282,3 +283,41 @@ def instance_views(image, polygon, bbox: Sequence[float] | None = None, *, metho
     specs = view_specs(method, crop_sizes)
   imgs, masks = render_views(img, mask, bbox, specs, resize)
   return normalize_image(imgs), normalize_alpha(masks)
+
+
+def denormalize(images: np.ndarray, alphas: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+  """Inverse of the normalisation: float views -> uint8 images ``(..., 3)`` and uint8 masks ``(...)``."""
+  x = np.asarray(images, np.float32) * np.asarray(CLIP_STD, np.float32) + np.asarray(CLIP_MEAN, np.float32)
+  img = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+  if alphas is None:
+    return img, None
+  m = (np.asarray(alphas, np.float32)[..., 0] * ALPHA_STD + ALPHA_MEAN) * 255
+  return img, np.clip(np.rint(m), 0, 255).astype(np.uint8)
+
+
+def save_views_png(images: np.ndarray, alphas: np.ndarray, path, *, columns: int = 9,
+                   title: str | None = None) -> str:
+  """Grid of the views ``(V, S, S, 3)`` with the alpha region tinted red; saved as PNG (matplotlib Agg)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  img, m = denormalize(images, alphas)
+  v = len(img)
+  rows = -(-v // columns)
+  fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.3 * rows + (0.4 if title else 0)),
+                           squeeze=False)
+  for k, ax in enumerate(axes.flat):
+    ax.axis("off")
+    if k < v:
+      over = img[k].astype(np.float32)
+      w = (m[k].astype(np.float32) / 255.0)[..., None] * 0.45
+      over = over * (1 - w) + np.array([255.0, 0, 0]) * w
+      ax.imshow(over.astype(np.uint8))
+      ax.set_title(str(k), fontsize=6)
+  if title:
+    fig.suptitle(title, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return str(path)

@@ -171,3 +171,16 @@ def test_normalisation_tables_equal_formula():
   assert V.normalize_alpha(np.zeros((2, 3), np.uint8)).shape == (2, 3, 1)
   with pytest.raises(ValueError, match="uint8"):
     V.normalize_image(rgb.astype(np.float32))
+
+
+def test_denormalize_roundtrip_and_png(tmp_path):
+  rng = np.random.default_rng(2)
+  img = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+  x, a = V.instance_views(img, [[10, 10], [30, 12], [20, 35]], crop_sizes=(16, 24, 32), resize=(16,))
+  u8, m = V.denormalize(x, a)
+  np.testing.assert_array_equal(u8[4], np.asarray(Image.fromarray(img).crop(
+      V.crop_box(V.bbox_of_polygon([[10, 10], [30, 12], [20, 35]]), V.ViewSpec(16))).convert("RGB")))
+  assert m.shape == (27, 16, 16) and m.max() == 255 and m.min() == 0
+  path = V.save_views_png(x, a, tmp_path / "views.png", title="mso")
+  with Image.open(path) as im:
+    assert im.size[0] > 200 and im.size[1] > 50
