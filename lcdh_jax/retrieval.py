@@ -1,17 +1,18 @@
 """Hamming-space retrieval: bit packing, exact stable ranking, mAP / precision@N / PR curves, exact k-NN index.
 
 All functions are pure, take keyword arguments after the data arrays, and work on numpy arrays (jax arrays
-are accepted and converted). Choices measured on a 2-core CPU (see docs/lcdh_retrieval.md):
+are accepted and converted). Choices measured on a 2-core CPU (benchmarks/hamming_search.py,
+docs/lcdh_retrieval.md):
 
 * Distances use packed codes: XOR of 8/16/32/64-bit words + ``np.bitwise_count`` (numpy >= 2) into uint8,
-  computed in cache-sized tiles. This beat a float matmul of +-1 codes (the matmul itself is fast, but
-  converting the float result back to small integers costs more than the whole popcount) and avoids
-  fighting OpenBLAS threads with our own threads.
+  computed in cache-sized tiles. A float matmul of +-1 codes is fast itself, but converting its result to
+  small integers made numpy BLAS 1.5x slower overall; a jitted jax matmul with uint8 output tied with the
+  popcount, so numpy is used (no compilation per shape, no BLAS threads fighting our threads).
 * Ranking: Hamming distances take only K + 1 values, so the stable ranking is a counting sort.
-  ``np.argsort(kind="stable")`` on uint8/uint16 keys *is* a counting (radix) sort in numpy (O(N), one
-  histogram pass + one scatter pass), so it is used on uint8 keys; ties keep database order, exactly as
-  ``np.argsort(distances, kind="stable")`` on the int distances. XLA's sort on CPU was far slower
-  (jnp.argsort stable took 7-9 s for the same job), so nothing here uses jax.
+  numpy's ``argsort(kind="stable")`` on uint8/uint16 keys *is* a radix (for uint8: counting) sort, O(N),
+  so it is used on uint8 keys; ties keep database order, exactly like ``np.argsort(distances,
+  kind="stable")``. XLA's CPU sort (``jnp.argsort(stable=True)``) was ~60x slower on the same keys.
+* Top-k search scans the database in tiles with a per-query distance threshold (no full sort).
 * Work is split into chunks of queries run on a thread pool (numpy releases the GIL inside these loops).
 
 Metric semantics follow DCMH ``calc_map`` (see ``mean_average_precision``).
@@ -309,50 +310,63 @@ def _check_top_k(top_k, n: int, name: str = "top_k") -> int:
     return min(int(top_k), n)
 
 
+_CUTOFFS = ("rank", "relevant")
+
+
 def average_precisions(query_codes, db_codes, query_labels, db_labels, *, top_k: int | None = None,
-                       num_threads: int | None = None) -> np.ndarray:
+                       cutoff: str = "rank", num_threads: int | None = None) -> np.ndarray:
     """Per-query average precision (Q,) with the semantics of ``mean_average_precision``."""
+    if cutoff not in _CUTOFFS:
+        raise ValueError(f"cutoff must be one of {_CUTOFFS}; got {cutoff!r}.")
     p = _prepare(query_codes, db_codes, query_labels, db_labels)
-    length = _check_top_k(top_k, p.dbw.shape[0])
-    hit_number = np.arange(1, length + 1, dtype=np.float64)  # j, the j-th relevant item of the list
-    inv_rank = 1.0 / hit_number  # 1 / rank for 0-based position rank - 1
+    n_db = p.dbw.shape[0]
+    k = _check_top_k(top_k, n_db)
+    length = k if cutoff == "rank" else n_db  # "relevant": rank everything, keep the first k relevant items
+    hit_number = np.arange(1, n_db + 1, dtype=np.float64)  # j, the j-th relevant item of the list
+    inv_rank = 1.0 / hit_number  # 1 / rank, indexed by the 0-based position rank - 1
 
     def chunk(lo: int, hi: int) -> np.ndarray:
         ap = np.zeros(hi - lo, np.float64)
         for i, g in enumerate(_sorted_relevance_rows(p, lo, hi, length)):
-            pos = np.flatnonzero(g)  # 0-based positions of the relevant items in the ranked list
+            pos = np.flatnonzero(g)[:k]  # 0-based positions of the relevant items in the ranked list
             if pos.size:  # AP = (1/R) sum_j j / rank_j
-                ap[i] = (hit_number[: pos.size] @ inv_rank.take(pos)) / pos.size
+                # (no np.dot here: OpenBLAS would start its own threads for every query)
+                ap[i] = np.multiply(hit_number[: pos.size], inv_rank.take(pos)).sum() / pos.size
         return ap
 
     return _map_chunks(chunk, p.qw.shape[0], _QUERY_CHUNK, _num_threads(num_threads))
 
 
 def mean_average_precision(query_codes, db_codes, query_labels, db_labels, *, top_k: int | None = None,
-                           num_threads: int | None = None) -> float:
+                           cutoff: str = "rank", num_threads: int | None = None) -> float:
     """Mean average precision of Hamming ranking, DCMH ``calc_map`` semantics.
 
     Args:
       query_codes: (Q, K) codes in {-1, +1}.
       db_codes: (N, K) codes in {-1, +1}, N >= 1.
       query_labels: (Q, C) multi-hot (non-negative) labels; db_labels: (N, C).
-      top_k: rank cut-off (mAP@k); None ranks the whole database. Values above N mean N.
+      top_k: cut-off (mAP@k); None ranks the whole database. Values above N mean N.
+      cutoff: "rank" (default): AP of the top_k ranked list, R = relevant items within the first top_k
+        ranks. "relevant": AP over the first min(top_k, #relevant) relevant items wherever they are ranked
+        (``calc_map_k(k)`` of the DCHMT/MITH code). Both equal DCMH ``calc_map`` when top_k is None.
       num_threads: worker threads (default: the CPUs this process may use).
 
     Semantics: an item is relevant to a query iff their labels share a class (``l_q . l_d > 0``). The database
     is sorted by Hamming distance ``(K - q . b) / 2``, ties by database index (a stable sort). With the
-    top_k list's relevant items at 1-based ranks r_1 < ... < r_R, ``AP = (1/R) sum_j j / r_j``; a query with
-    R = 0 has AP 0 and still counts in the mean over ALL queries. Exact (no approximation). Returns a float.
+    kept relevant items at 1-based ranks r_1 < ... < r_R, ``AP = (1/R) sum_j j / r_j``; a query with R = 0
+    has AP 0 and still counts in the mean over ALL queries. Exact (no approximation). Returns a float.
     """
     return float(np.mean(average_precisions(query_codes, db_codes, query_labels, db_labels, top_k=top_k,
-                                            num_threads=num_threads)))
+                                            cutoff=cutoff, num_threads=num_threads)))
 
 
-def map_at_k(query_codes, db_codes, query_labels, db_labels, *, k: int, num_threads: int | None = None) -> float:
-    """mAP@k: ``mean_average_precision`` on the top-k ranked list (R counts relevant items within the top k)."""
+def map_at_k(query_codes, db_codes, query_labels, db_labels, *, k: int, cutoff: str = "rank",
+             num_threads: int | None = None) -> float:
+    """mAP@k: ``mean_average_precision`` with ``top_k=k`` (default: the top-k ranked list, R counted in it)."""
     if k is None:
         raise ValueError("map_at_k needs an integer k; use mean_average_precision for the full ranking.")
-    return mean_average_precision(query_codes, db_codes, query_labels, db_labels, top_k=k, num_threads=num_threads)
+    return mean_average_precision(query_codes, db_codes, query_labels, db_labels, top_k=k, cutoff=cutoff,
+                                  num_threads=num_threads)
 
 
 def precision_at_n(query_codes, db_codes, query_labels, db_labels, *, ns: Sequence[int] = DEFAULT_PRECISION_NS,
@@ -524,31 +538,34 @@ class HammingIndex:
         nq = qw.shape[0]
         if nq == 0:
             return np.zeros((0, k), np.int32), np.zeros((0, k), np.int64)
-        groups = max(1, min(nq, self.num_threads))
-        per = math.ceil(nq / groups)
+        # Query groups of at most 256 (bounded scratch memory), at least one group per thread.
+        per = max(1, min(256, math.ceil(nq / self.num_threads)))
         bounds = [(lo, min(nq, lo + per)) for lo in range(0, nq, per)]
         run = lambda b: _topk_scan(qw[b[0] : b[1]], dbw, k, self.num_bits, self._TILE)  # noqa: E731
-        if len(bounds) == 1:
-            parts = [run(bounds[0])]
+        if len(bounds) == 1 or self.num_threads == 1:
+            parts = [run(b) for b in bounds]
         else:
-            with ThreadPoolExecutor(len(bounds)) as ex:
+            with ThreadPoolExecutor(min(self.num_threads, len(bounds))) as ex:
                 parts = list(ex.map(run, bounds))
         dist = np.concatenate([d for d, _ in parts]).astype(np.int32)
         idx = np.concatenate([i for _, i in parts])
         return dist, idx
 
 
-def _merge_topk(top_d, top_i, cand_r, cand_d, cand_i, k):
+def _merge_topk(top_d, top_i, cand_r, cand_d, cand_i, k, n, num_bits):
     """Per row, the k smallest (distance, index) pairs among the current top-k rows and the candidates."""
     nq = top_d.shape[0]
-    rows = np.concatenate([np.repeat(np.arange(nq), k), cand_r])
-    ds = np.concatenate([top_d.ravel(), cand_d])
-    ids = np.concatenate([top_i.ravel(), cand_i])
-    order = np.lexsort((ids, ds, rows))
-    counts = np.bincount(rows, minlength=nq)
+    # One int64 key per pair, ordered by (row, distance, index); keys are unique, so any sort is exact.
+    span = np.int64(n) * (num_bits + 1)
+    key = np.concatenate([
+        (np.arange(nq, dtype=np.int64)[:, None] * span + top_d.astype(np.int64) * n + top_i).ravel(),
+        cand_r.astype(np.int64) * span + cand_d.astype(np.int64) * n + cand_i,
+    ])
+    key.sort()
+    counts = k + np.bincount(cand_r, minlength=nq)
     starts = np.cumsum(counts) - counts
-    take = order[starts[:, None] + np.arange(k)]
-    return ds[take], ids[take]
+    best = key[starts[:, None] + np.arange(k)] % span
+    return (best // n).astype(top_d.dtype), best % n
 
 
 def _topk_scan(qw: np.ndarray, dbw: np.ndarray, k: int, num_bits: int, tile: int):
@@ -572,19 +589,20 @@ def _topk_scan(qw: np.ndarray, dbw: np.ndarray, k: int, num_bits: int, tile: int
         hi = min(n, lo + block)
         d = _distances_into(qw, dbw[lo:hi], out, tmp)
         m = np.less(d, thr, out=mask[:, : hi - lo])
-        r, c = np.nonzero(m)
-        if r.size == 0:
+        if not m.any():  # the common case once the thresholds are tight
             continue
+        flat = np.flatnonzero(m)  # 1-D nonzero: ~10x faster than the 2-D np.nonzero
+        r, c = np.divmod(flat, hi - lo)
         cand_r.append(r)
         cand_d.append(d[r, c])
         cand_i.append(c + lo)
         n_cand += r.size
         if n_cand >= nq * k:  # amortised: merge when candidates outnumber the kept lists
             top_d, top_i = _merge_topk(top_d, top_i, np.concatenate(cand_r), np.concatenate(cand_d),
-                                       np.concatenate(cand_i), k)
+                                       np.concatenate(cand_i), k, n, num_bits)
             thr = top_d[:, -1:].copy()
             cand_r, cand_d, cand_i, n_cand = [], [], [], 0
     if n_cand:
         top_d, top_i = _merge_topk(top_d, top_i, np.concatenate(cand_r), np.concatenate(cand_d),
-                                   np.concatenate(cand_i), k)
+                                   np.concatenate(cand_i), k, n, num_bits)
     return top_d, top_i

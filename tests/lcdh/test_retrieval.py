@@ -45,6 +45,15 @@ def brute_ap(qc, dc, ql, dl, top_k=None):
     return np.array(aps)
 
 
+def brute_ap_first_relevant(qc, dc, ql, dl, k):
+    """MITH/DCHMT calc_map_k(k): AP over the first min(k, R) relevant items of the full (stable) ranking."""
+    aps = []
+    for g in brute_ranked_relevance(qc, dc, ql, dl):
+        ranks = [pos + 1 for pos, rel in enumerate(g) if rel][:k]
+        aps.append(np.mean([(j + 1) / r for j, r in enumerate(ranks)]) if ranks else 0.0)
+    return np.array(aps)
+
+
 def brute_precision_at_n(qc, dc, ql, dl, ns):
     out = []
     for g in brute_ranked_relevance(qc, dc, ql, dl):
@@ -123,6 +132,10 @@ def test_map_at_k_hand_built():
     assert R.map_at_k(*HAND, k=2) == pytest.approx(0.5, abs=1e-15)
     # k beyond the database is the full ranking.
     assert R.map_at_k(*HAND, k=50) == pytest.approx(17 / 45, abs=1e-15)
+    # cutoff="relevant" (MITH/DCHMT calc_map_k): the first 2 relevant items of q0 wherever they rank, at ranks
+    # 1 and 3 -> (1/1 + 2/3) / 2 = 5/6 as well; with k=3 all three: 34/45, unlike the top-3 list (5/6).
+    assert R.map_at_k(*HAND, k=2, cutoff="relevant") == pytest.approx(5 / 12, abs=1e-15)
+    assert R.map_at_k(*HAND, k=3, cutoff="relevant") == pytest.approx(17 / 45, abs=1e-15)
 
 
 def test_precision_at_n_hand_built():
@@ -174,6 +187,9 @@ def test_average_precision_matches_brute_force(k, top_k):
     assert R.mean_average_precision(qc, dc, ql, dl, top_k=top_k) == pytest.approx(ref.mean(), rel=1e-12)
     if top_k is not None:
         assert R.map_at_k(qc, dc, ql, dl, k=top_k) == pytest.approx(ref.mean(), rel=1e-12)
+        ref_rel = brute_ap_first_relevant(qc, dc, ql, dl, top_k)
+        got_rel = R.average_precisions(qc, dc, ql, dl, top_k=top_k, cutoff="relevant")
+        np.testing.assert_allclose(got_rel, ref_rel, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("k", [16, 32, 64])
@@ -191,7 +207,7 @@ def test_precision_and_pr_curve_match_brute_force(k):
 
 def test_map_other_code_lengths_many_classes_weighted_labels_and_threads():
     # K not a multiple of 8 and K = 128 (two words); 100 classes (two label words); real-valued >= 0 labels.
-    for k in (12, 128):
+    for k in (12, 128, 264):
         qc, dc, ql, dl = random_problem(7 * k, k, q=25, n=300, c=100, density=0.03)
         rng = np.random.default_rng(k)
         ql, dl = ql * rng.uniform(0.1, 2, ql.shape), dl * rng.uniform(0.1, 2, dl.shape)
@@ -208,7 +224,7 @@ def test_distances_and_stable_rank_match_brute_force():
     np.testing.assert_array_equal(R.stable_rank(ref, num_bits=32), np.argsort(ref, axis=1, kind="stable"))
 
 
-@pytest.mark.parametrize("k", [16, 64, 128])
+@pytest.mark.parametrize("k", [16, 64, 128, 264])
 def test_index_search_matches_brute_force_including_ties(k, monkeypatch):
     qc, dc, _, _ = random_problem(11 * k, k, q=17, n=3000)
     ref_d = brute_distances(qc, dc)
@@ -271,6 +287,8 @@ def test_errors():
         R.mean_average_precision(qc, dc, -ql, dl)
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         R.mean_average_precision(qc, dc, ql, dl, top_k=0)
+    with pytest.raises(ValueError, match="cutoff must be one of"):
+        R.mean_average_precision(qc, dc, ql, dl, top_k=3, cutoff="list")
     with pytest.raises(ValueError, match="ns must be"):
         R.precision_at_n(qc, dc, ql, dl, ns=(0, 5))
     with pytest.raises(ValueError, match="multiple of 8"):
