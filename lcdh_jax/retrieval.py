@@ -401,15 +401,19 @@ class PRCurve(NamedTuple):
     recall: np.ndarray
 
 
-def pr_curve_by_radius(query_codes, db_codes, query_labels, db_labels, *,
+def pr_curve_by_radius(query_codes, db_codes, query_labels, db_labels, *, average: str = "query",
                        num_threads: int | None = None) -> PRCurve:
     """Precision/recall of retrieving every item within Hamming radius r, for r = 0..K (DCMH/DCHMT style).
 
     Per query and radius: retrieved = items with distance <= r; precision = relevant retrieved / retrieved,
-    defined as 0 when nothing is retrieved; recall = relevant retrieved / relevant in the database, 0 for a query
-    with no relevant item. Both are averaged over ALL queries (DCHMT's ``pr_curve`` instead averages only over
-    queries whose precision is > 0, which inflates precision at small radii; see docs/lcdh_retrieval.md).
+    defined as 0 when nothing is retrieved; recall = relevant retrieved / relevant in the database, 0 for a
+    query with no relevant item.
+    average="query" (default): both are averaged over ALL queries (DCHMT ``calc_precisions_hamming_radius``).
+    average="pooled": counts are summed over queries first (precision = sum hits / sum retrieved, 0 if nothing
+    is retrieved by any query; recall = sum hits / sum relevant), as DCHMT's ``calc_precisions_hash`` pools.
     """
+    if average not in ("query", "pooled"):
+        raise ValueError(f"average must be 'query' or 'pooled'; got {average!r}.")
     p = _prepare(query_codes, db_codes, query_labels, db_labels)
     k = p.num_bits
     n_db = p.dbw.shape[0]
@@ -423,14 +427,20 @@ def pr_curve_by_radius(query_codes, db_codes, query_labels, db_labels, *,
         hist_rel = np.bincount(d[rel], minlength=q * (k + 1)).reshape(q, k + 1)
         retrieved = np.cumsum(hist_all, axis=1)
         hits = np.cumsum(hist_rel, axis=1)
-        n_rel = hits[:, -1:]
-        prec = np.divide(hits, retrieved, out=np.zeros(hits.shape), where=retrieved > 0)
-        rec = np.divide(hits, n_rel, out=np.zeros(hits.shape), where=n_rel > 0)
-        return np.stack([prec, rec], axis=1)
+        return np.stack([hits, retrieved], axis=1)  # (q, 2, K + 1) counts
 
     chunk_rows = max(1, min(256, (1 << 22) // max(1, n_db)))
-    pr = _map_chunks(chunk, p.qw.shape[0], chunk_rows, _num_threads(num_threads)).mean(axis=0)
-    return PRCurve(radius=np.arange(k + 1), precision=pr[0], recall=pr[1])
+    counts = _map_chunks(chunk, p.qw.shape[0], chunk_rows, _num_threads(num_threads)).astype(np.float64)
+    hits, retrieved = counts[:, 0], counts[:, 1]
+    n_rel = hits[:, -1:]
+    if average == "pooled":
+        hits, retrieved, n_rel = hits.sum(0), retrieved.sum(0), n_rel.sum()
+        precision = np.divide(hits, retrieved, out=np.zeros(hits.shape), where=retrieved > 0)
+        recall = hits / n_rel if n_rel > 0 else np.zeros(hits.shape)
+    else:
+        precision = np.divide(hits, retrieved, out=np.zeros(hits.shape), where=retrieved > 0).mean(0)
+        recall = np.divide(hits, n_rel, out=np.zeros(hits.shape), where=n_rel > 0).mean(0)
+    return PRCurve(radius=np.arange(k + 1), precision=precision, recall=recall)
 
 
 def save_pr_curve_png(curves: dict[str, PRCurve], path, *, title: str = "Hamming-radius PR curve") -> None:

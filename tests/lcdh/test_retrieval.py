@@ -160,6 +160,12 @@ def test_pr_curve_hand_built():
     np.testing.assert_array_equal(curve.radius, np.arange(5))
     np.testing.assert_allclose(curve.precision, (np.array(p0) + np.array(p2)) / 3, rtol=0, atol=1e-15)
     np.testing.assert_allclose(curve.recall, (np.array(r0) + np.array(r2)) / 3, rtol=0, atol=1e-15)
+    # Pooled over the 3 queries: hits 1,2,2,2,3 (q0) + 0 (q1) + 0,1,2,3,3 (q2); retrieved 1,4,4,4,5 (q0)
+    # + 1,1,1,4,5 (q1) + 0,1,4,5,5 (q2); relevant 3 + 0 + 3 = 6.
+    pooled = R.pr_curve_by_radius(qc, DB_CODES, ql, DB_LABELS, average="pooled")
+    hits, retrieved = np.array([1, 3, 4, 5, 6]), np.array([2, 6, 9, 13, 15])
+    np.testing.assert_allclose(pooled.precision, hits / retrieved, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(pooled.recall, hits / 6, rtol=0, atol=1e-15)
 
 
 def test_index_hand_built():
@@ -203,6 +209,13 @@ def test_precision_and_pr_curve_match_brute_force(k):
     np.testing.assert_allclose(curve.precision, p_ref, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(curve.recall, r_ref, rtol=1e-12, atol=1e-15)
     assert curve.recall[-1] == pytest.approx(np.mean([(ql[i] @ dl.T > 0).any() for i in range(len(ql))]))
+    dist, relevant = brute_distances(qc, dc), (ql @ dl.T) > 0
+    hits = np.array([np.sum((dist <= r) & relevant) for r in range(k + 1)])
+    retrieved = np.array([np.sum(dist <= r) for r in range(k + 1)])
+    pooled = R.pr_curve_by_radius(qc, dc, ql, dl, average="pooled")
+    np.testing.assert_allclose(pooled.precision, np.where(retrieved > 0, hits / np.maximum(retrieved, 1), 0.0),
+                               rtol=1e-12)
+    np.testing.assert_allclose(pooled.recall, hits / relevant.sum(), rtol=1e-12)
 
 
 def test_map_other_code_lengths_many_classes_weighted_labels_and_threads():
@@ -289,6 +302,8 @@ def test_errors():
         R.mean_average_precision(qc, dc, ql, dl, top_k=0)
     with pytest.raises(ValueError, match="cutoff must be one of"):
         R.mean_average_precision(qc, dc, ql, dl, top_k=3, cutoff="list")
+    with pytest.raises(ValueError, match="average must be"):
+        R.pr_curve_by_radius(qc, dc, ql, dl, average="micro")
     with pytest.raises(ValueError, match="ns must be"):
         R.precision_at_n(qc, dc, ql, dl, ns=(0, 5))
     with pytest.raises(ValueError, match="multiple of 8"):
