@@ -39,7 +39,7 @@ __all__ = [
     "CLIPVisionSpec", "CLIPTextSpec", "CLIPSpec", "clip_spec", "tiny_clip_spec", "CLIP_PRESETS",
     "CLIPAttention", "CLIPMLP", "CLIPEncoderLayer", "CLIPEncoder", "CLIPTextEmbeddings",
     "CLIPVisionEmbeddings", "CLIPTextTransformer", "CLIPVisionTransformer", "CLIP",
-    "init_clip", "abstract_params", "encode_image", "encode_text", "load_clip", "count_params",
+    "init_clip", "init_params", "abstract_params", "encode_image", "encode_text", "load_clip", "count_params",
 ]
 
 Dtype = Any
@@ -444,7 +444,7 @@ class CLIPVisionTransformer(nn.Module):
   """ViT: images (B, H, W, C) [, alpha (B, H, W, 1)] -> (pooled (B, D), hidden (B, 1 + N, D)).
 
   ``pooled`` is ``post_layernorm`` of the class token; ``hidden`` is the last layer's output
-  before ``post_layernorm``.
+  before ``post_layernorm`` (after it, for every token, with ``all_tokens=True``).
   """
 
   spec: CLIPVisionSpec
@@ -454,7 +454,8 @@ class CLIPVisionTransformer(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images, alpha=None):
+  def __call__(self, images, alpha=None, all_tokens: bool = False):
+    """With ``all_tokens``, the second output is ``post_layernorm`` of every token instead."""
     s = self.spec
     _check_images(s, images)
     if self.alpha:
@@ -468,6 +469,9 @@ class CLIPVisionTransformer(nn.Module):
     x = _layer_norm(s.layer_norm_eps, self.dtype, self.param_dtype, "pre_layrnorm")(x)
     x = _encoder(s, self.remat, self.dtype, self.param_dtype)(x)
     post = _layer_norm(s.layer_norm_eps, self.dtype, self.param_dtype, "post_layernorm")
+    if all_tokens:  # LayerNorm is per token: post(x)[:, 0] == post(x[:, 0])
+      x = post(x)
+      return x[:, 0], x
     return post(x[:, 0]), x
 
 
@@ -529,13 +533,23 @@ def abstract_params(model: CLIP):
   return jax.eval_shape(model.init, jax.random.key(0), images, ids)["params"]
 
 
+def init_params(model: nn.Module, *args):
+  """``jax.jit(model.init)(*args)["params"]``; on CPU compiled without backend optimisation.
+
+  Init runs once, and XLA:CPU spends seconds optimising the many RNG calls of an init (more
+  than the forward pass): optimisation level 0 halves that. The values are identical.
+  """
+  lowered = jax.jit(model.init).lower(*args)
+  opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
+  return lowered.compile(compiler_options=opts)(*args)["params"]
+
+
 def init_clip(spec: CLIPSpec, seed: int = 0, *, dtype: Dtype = jnp.float32,
               param_dtype: Dtype = jnp.float32, remat: bool = False):
   """A random CLIP: returns ``(model, params)``."""
   model = CLIP(spec, remat=remat, dtype=dtype, param_dtype=param_dtype)
   images, ids = _dummy_inputs(spec)
-  params = jax.jit(model.init)(jax.random.key(seed), images, ids)["params"]
-  return model, params
+  return model, init_params(model, jax.random.key(seed), images, ids)
 
 
 def count_params(tree) -> int:

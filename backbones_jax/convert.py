@@ -32,7 +32,7 @@ __all__ = [
     "CheckpointMismatchError", "HF_CLIP_TABLE", "OPENAI_CLIP_TABLE", "HF_IGNORED",
     "OPENAI_IGNORED", "convert_state_dict", "check_params", "flatten", "unflatten",
     "infer_openai_spec", "load_hf_clip", "load_openai_clip", "load_clip", "strip_prefix",
-    "is_openai_state_dict",
+    "is_openai_state_dict", "to_params", "openai_visual_table", "OPENAI_TEXT_TABLE",
 ]
 
 
@@ -254,7 +254,7 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], table: Table,
   return out
 
 
-def _to_params(flat: dict[str, np.ndarray], expected: dict[str, Any], param_dtype) -> dict:
+def to_params(flat: dict[str, np.ndarray], expected: dict[str, Any], param_dtype) -> dict:
   """Casts to ``param_dtype`` and nests; floats only are cast."""
   out = {}
   for k, v in flat.items():
@@ -385,7 +385,7 @@ def load_hf_clip(directory: str, dtype=jnp.float32, param_dtype=jnp.float32, rem
   else:
     flat = convert_state_dict(strip_prefix(sd, "module."), HF_CLIP_TABLE, expected,
                               ignore=HF_IGNORED, source=file)
-  return model, _to_params(flat, expected, param_dtype)
+  return model, to_params(flat, expected, param_dtype)
 
 
 def load_openai_clip(path: str, dtype=jnp.float32, param_dtype=jnp.float32, remat=False):
@@ -401,7 +401,7 @@ def load_openai_clip(path: str, dtype=jnp.float32, param_dtype=jnp.float32, rema
   spec = CLIPSpec(vision=vision, text=text, projection_dim=embed)
   model, expected = _build(spec, dtype, param_dtype, remat)
   flat = convert_state_dict(sd, OPENAI_CLIP_TABLE, expected, ignore=OPENAI_IGNORED, source=path)
-  return model, _to_params(flat, expected, param_dtype)
+  return model, to_params(flat, expected, param_dtype)
 
 
 _HUB_FILES = ("flax_model.msgpack", "model.safetensors", "pytorch_model.bin")
