@@ -315,3 +315,15 @@ def test_errors():
         index.add(qc)
     with pytest.raises(ValueError, match=r"\{-1, \+1\} or \{0, 1\}"):
         index.add(np.full((1, 8), 2))
+
+
+def test_jax_inputs_and_pr_png(tmp_path):
+    import jax.numpy as jnp
+
+    qc, dc, ql, dl = random_problem(5, 16, q=6, n=50)
+    ref = R.mean_average_precision(qc, dc, ql, dl)
+    assert R.mean_average_precision(jnp.asarray(qc), jnp.asarray(dc, jnp.float32), jnp.asarray(ql),
+                                    jnp.asarray(dl)) == ref
+    path = tmp_path / "pr.png"
+    R.save_pr_curve_png({"random 16 bits": R.pr_curve_by_radius(qc, dc, ql, dl)}, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
