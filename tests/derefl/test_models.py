@@ -1,0 +1,235 @@
+"""Reflection-removal network: stream reorganisation, blocks, presets, params/FLOPs budget."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from derefl_jax import models
+
+KEY = jax.random.key(0, impl="unsafe_rbg")
+
+
+def _rand(*shape, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
+# ------------------------------------------------------------------ pure stream functions
+def test_interleave_layout_and_exact_inverse():
+  t = jnp.arange(6.0).reshape(1, 1, 1, 6)
+  r = 100 + jnp.arange(6.0).reshape(1, 1, 1, 6)
+  z = models.interleave_channels(t, r)
+  np.testing.assert_array_equal(z[0, 0, 0], [0, 100, 1, 101, 2, 102, 3, 103, 4, 104, 5, 105])
+  a, b = models.reorganize_streams(t, r)
+  np.testing.assert_array_equal(a[0, 0, 0], [0, 100, 1, 101, 2, 102])  # each mixes T and R
+  np.testing.assert_array_equal(b[0, 0, 0], [3, 103, 4, 104, 5, 105])
+  # Exact (bitwise) round trip on random data, odd channel counts included.
+  for c in (1, 5, 16):
+    t, r = _rand(2, 3, 4, c, seed=c), _rand(2, 3, 4, c, seed=c + 1)
+    t2, r2 = models.restore_streams(*models.reorganize_streams(t, r))
+    np.testing.assert_array_equal(t2, t)
+    np.testing.assert_array_equal(r2, r)
+    a, b = models.reorganize_streams(t, r)
+    a2, b2 = models.reorganize_streams(*models.restore_streams(a, b))
+    np.testing.assert_array_equal(a2, a)
+    np.testing.assert_array_equal(b2, b)
+  with pytest.raises(ValueError, match="same shape"):
+    models.interleave_channels(jnp.zeros((1, 2, 2, 3)), jnp.zeros((1, 2, 2, 4)))
+
+
+def test_pixel_shuffle_matches_torch():
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(0).normal(size=(2, 3, 5, 12)).astype(np.float32)
+  ref = torch.nn.PixelShuffle(2)(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).numpy()
+  np.testing.assert_array_equal(models.pixel_shuffle(jnp.asarray(x), 2), ref)
+
+
+def test_depthwise_shift_equals_xla_conv():
+  x, k = _rand(2, 7, 9, 5), _rand(3, 3, 1, 5, seed=1)
+  np.testing.assert_allclose(models.depthwise_conv(x, k, impl="shift"), models.depthwise_conv(x, k, impl="xla"),
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="impl"):
+    models.depthwise_conv(x, k, impl="fft")
+
+
+def test_mean_filter_against_numpy():
+  x = np.random.default_rng(0).uniform(size=(1, 9, 10, 2)).astype(np.float32)
+  ref = np.zeros_like(x)
+  xp = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+  for i in range(9):
+    for j in range(10):
+      ref[:, i, j] = xp[:, i:i + 5, j:j + 5].mean(axis=(1, 2))
+  np.testing.assert_allclose(models.mean_filter(jnp.asarray(x), 5), ref, atol=1e-6)
+  with pytest.raises(ValueError, match="odd"):
+    models.mean_filter(jnp.asarray(x), 4)
+
+
+# ------------------------------------------------------------------ blocks
+def _perturb(params, seed=0):
+  """Random values everywhere (zero-init scales included), so blocks are not the identity."""
+  leaves, tree = jax.tree.flatten(params)
+  rng = np.random.default_rng(seed)
+  return jax.tree.unflatten(tree, [jnp.asarray(rng.normal(scale=0.5, size=l.shape), l.dtype) for l in leaves])
+
+
+def test_mugi_identity_at_init_gate_crossing_and_shared_weights():
+  blk = models.MuGIBlock()
+  t, r = _rand(2, 8, 8, 6), _rand(2, 8, 8, 6, seed=1)
+  p = blk.init(KEY, t, r)
+  apply = jax.jit(blk.apply)
+  ot, orr = apply(p, t, r)
+  np.testing.assert_array_equal(ot, t)  # zero-init residual scales
+  np.testing.assert_array_equal(orr, r)
+  # One set of conv weights for both streams (plus per-stream scales a_t, a_r, b_t, b_r).
+  names = set(p["params"])
+  assert {"norm1", "expand1", "dwconv", "ca", "proj1", "norm2", "expand2", "proj2"} <= names
+  assert {"a_t", "a_r", "b_t", "b_r"} <= names
+  q = _perturb(p)["params"]
+  q = {**q, "a_r": q["a_t"], "b_r": q["b_t"]}
+  ot, orr = apply({"params": q}, t, r)
+  st, sr = apply({"params": q}, r, t)  # shared weights + symmetric gate: swap-equivariant
+  np.testing.assert_allclose(st, orr, atol=1e-5)
+  np.testing.assert_allclose(sr, ot, atol=1e-5)
+  # The gate crosses the streams: T's output depends on R.
+  ot2, _ = apply({"params": q}, t, r * 2.0 + _rand(2, 8, 8, 6, seed=7))
+  assert float(jnp.abs(ot2 - ot).max()) > 1e-3
+  x1, x2 = jnp.array([[1.0, 2.0]]), jnp.array([[3.0, 5.0]])
+  g = models.mugi_gate(x1, x2)
+  np.testing.assert_array_equal(g[0], [[5.0]])   # x_first * y_second
+  np.testing.assert_array_equal(g[1], [[6.0]])   # y_first * x_second
+
+
+def test_complementarity_attention_mixes_only_within_reorganised_streams():
+  blk = models.ComplementarityAttention(num_heads=2)
+  c = 8
+  t, r = _rand(1, 6, 6, c), _rand(1, 6, 6, c, seed=1)
+  p = blk.init(KEY, t, r)
+  apply = jax.jit(blk.apply)
+  ot, orr = apply(p, t, r)
+  np.testing.assert_array_equal(ot, t)  # zero-init gammas: identity
+  np.testing.assert_array_equal(orr, r)
+  assert "attn" in p["params"] and "attn_1" not in p["params"]  # one attention, shared by both streams
+  q = _perturb(p, seed=3)
+  ot, orr = apply(q, t, r)
+  assert ot.shape == t.shape and orr.shape == r.shape
+  # Reorganised stream A holds T[:, :c/2] and R[:, :c/2]. Changing R[..., 0] (in A) changes
+  # T[..., 0] (the complementarity); changing R[..., c-1] (in B) leaves T[..., :c/2] unchanged.
+  ot_a, _ = apply(q, t, r.at[..., 0].add(1.0))
+  ot_b, _ = apply(q, t, r.at[..., c - 1].add(1.0))
+  assert float(jnp.abs(ot_a[..., 0] - ot[..., 0]).max()) > 1e-4
+  np.testing.assert_allclose(ot_b[..., : c // 2], ot[..., : c // 2], atol=1e-6)
+  assert float(jnp.abs(ot_b[..., c // 2:] - ot[..., c // 2:]).max()) > 1e-4
+
+
+def test_transposed_attention_against_numpy():
+  blk = models.TransposedChannelAttention(num_heads=2)
+  x = _rand(1, 4, 5, 4)
+  p = _perturb(blk.init(KEY, x), seed=5)["params"]
+  out = np.asarray(jax.jit(blk.apply)({"params": p}, x))
+  xn = np.asarray(x)[0].reshape(20, 4)
+  qkv = xn @ np.asarray(p["qkv"]["kernel"])[0, 0]
+  qkv = np.asarray(models.depthwise_conv(jnp.asarray(qkv.reshape(1, 4, 5, 12)), p["qkv_dwconv"]["kernel"]))[0]
+  qkv = qkv.reshape(20, 12)
+  q, k, v = qkv[:, :4], qkv[:, 4:8], qkv[:, 8:]
+  heads = []
+  for h in range(2):
+    qh, kh, vh = (z[:, 2 * h:2 * h + 2].T for z in (q, k, v))  # (d, HW)
+    qh = qh / np.linalg.norm(qh, axis=1, keepdims=True)
+    kh = kh / np.linalg.norm(kh, axis=1, keepdims=True)
+    logits = qh @ kh.T * np.asarray(p["temperature"])[h]
+    a = np.exp(logits - logits.max(1, keepdims=True))
+    a /= a.sum(1, keepdims=True)
+    heads.append((a @ vh).T)
+  ref = np.concatenate(heads, axis=1) @ np.asarray(p["proj"]["kernel"])[0, 0]
+  np.testing.assert_allclose(out[0].reshape(20, 4), ref, atol=1e-5)
+
+
+def test_inverse_modulation_and_high_frequency_block():
+  t, r, h = _rand(1, 8, 8, 4), _rand(1, 8, 8, 4, seed=1), _rand(1, 8, 8, 4, seed=2)
+  mod = models.InverseModulation()
+  p = mod.init(KEY, t, r, h)
+  ot, orr = jax.jit(mod.apply)(p, t, r, h)
+  np.testing.assert_array_equal(ot, t)  # s = 0 at init
+  q = {"params": {**p["params"], "s_t": jnp.ones(4), "s_r": jnp.full((4,), 0.5)}}
+  ot, orr = jax.jit(mod.apply)(q, t, r, h)
+  m = jax.nn.sigmoid(h @ p["params"]["gate"]["kernel"][0, 0] + p["params"]["gate"]["bias"])
+  np.testing.assert_allclose(ot, t * (1 - m[..., :4]), atol=1e-6)
+  np.testing.assert_allclose(orr, r * (1 - 0.5 * m[..., 4:]), atol=1e-6)
+  # G sees only the high-frequency parts: adding a constant to the streams changes nothing.
+  g = models.HighFrequencyBlock(num_blocks=1, kernel_size=3)
+  pg = _perturb(g.init(KEY, t, r), seed=1)
+  gapply = jax.jit(g.apply)
+  h1, rh1 = gapply(pg, t, r)
+  h2, rh2 = gapply(pg, t + 3.0, r - 2.0)
+  assert rh1.shape == (1, 8, 8, 3) and h1.shape == t.shape
+  np.testing.assert_allclose(rh2, rh1, atol=1e-4)
+
+
+# ------------------------------------------------------------------ whole network
+@pytest.fixture(scope="module")
+def tiny():
+  model = models.build_model("tiny")
+  trainable, frozen = models.init_params(model, 0)
+  return model, trainable, frozen
+
+
+def test_tiny_forward_outputs(tiny):
+  model, trainable, frozen = tiny
+  assert "prior" not in trainable and set(frozen) == {"vgg"}
+  assert len(frozen["vgg"]) == 16  # all VGG19 convs, for the perceptual loss too
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 16, 24, 3))
+  fwd = jax.jit(lambda p, f, x: model.apply({"params": models.merge_params(p, f)}, x))
+  out, aux = fwd(trainable, frozen, x)
+  assert set(out) == {"T", "R", "R_low", "R_high"}
+  for v in out.values():
+    assert v.shape == x.shape
+  np.testing.assert_allclose(out["R"], out["R_low"] + out["R_high"], atol=1e-6)
+  np.testing.assert_allclose(out["T"], x, atol=1e-6)  # zero-init heads: starts at the identity
+  assert aux["hf_features"].shape == (2, 16, 24, 8)
+  # Perturbed params: finite, T differs from I, and the frozen prior changes the output.
+  p2 = _perturb(trainable, seed=2)
+  out2, _ = fwd(p2, frozen, x)
+  assert all(bool(jnp.isfinite(v).all()) for v in out2.values())
+  assert float(jnp.abs(out2["T"] - x).max()) > 1e-3
+  out3, _ = fwd(p2, _perturb(frozen, seed=4), x)
+  assert float(jnp.abs(out3["T"] - out2["T"]).max()) > 1e-4
+
+
+def test_bad_inputs_and_presets(tiny):
+  model, trainable, frozen = tiny
+  variables = {"params": models.merge_params(trainable, frozen)}
+  with pytest.raises(ValueError, match="multiples of 4"):
+    model.apply(variables, jnp.zeros((1, 30, 32, 3)))
+  with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
+    model.apply(variables, jnp.zeros((1, 3, 32, 32)))
+  with pytest.raises(ValueError, match="valid presets"):
+    models.build_model("huge")
+  with pytest.raises(ValueError, match="valid fields"):
+    models.build_model("tiny", widht=8)
+  with pytest.raises(ValueError, match="vgg_width_divisor"):
+    models.init_params(model, 0, vgg_weights={})
+
+
+def test_pretrained_vgg_goes_into_frozen():
+  torch = pytest.importorskip("torch")
+  from backbones_jax import vgg as vgg_lib
+  shapes = jax.eval_shape(vgg_lib.VGG(19, taps=("relu5_4",)).init, jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))["params"]
+  sd = {}
+  rng = np.random.default_rng(0)
+  for key, (name, leaf) in vgg_lib.torchvision_key_table(19).items():
+    sd[key] = rng.normal(size=vgg_lib._torch_shape(shapes[name][leaf].shape, leaf)).astype(np.float32)
+  frozen = models.load_vgg_prior({"vgg": None}, sd)
+  np.testing.assert_array_equal(frozen["vgg"]["conv2_1"]["kernel"], sd["features.5.weight"].transpose(2, 3, 1, 0))
+  del torch
+
+
+def test_params_and_flops_budget_vs_dsrnet_l():
+  """At 224x224 the paper preset is smaller than DSRNet-L (124.6M params, ~235 GMACs)."""
+  paper = models.count_params_and_flops("paper", 224, 224, compile=False)
+  assert paper["trainable_params"] < 124.6e6
+  assert paper["gmacs"] < 235
+  assert paper["frozen_params"] == 20_024_384  # VGG19 features, excluded from trainable
+  assert paper["trainable_params"] > 50e6 and paper["gmacs"] > 50  # really paper-sized
+  tiny = models.count_params_and_flops("tiny", 64, 64, compile=False)
+  assert tiny["trainable_params"] < 100_000
+  assert tiny["macs"] == tiny["flops"] / 2
