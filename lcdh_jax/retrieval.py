@@ -548,8 +548,9 @@ class HammingIndex:
         nq = qw.shape[0]
         if nq == 0:
             return np.zeros((0, k), np.int32), np.zeros((0, k), np.int64)
-        # Query groups of at most 256 (bounded scratch memory), at least one group per thread.
-        per = max(1, min(256, math.ceil(nq / self.num_threads)))
+        # Query groups of at most 256 (bounded scratch memory; fewer for huge top_k, whose first tile is ranked
+        # in full), at least one group per thread.
+        per = max(1, min(256, math.ceil(nq / self.num_threads), (1 << 22) // k))
         bounds = [(lo, min(nq, lo + per)) for lo in range(0, nq, per)]
         run = lambda b: _topk_scan(qw[b[0] : b[1]], dbw, k, self.num_bits, self._TILE)  # noqa: E731
         if len(bounds) == 1 or self.num_threads == 1:
