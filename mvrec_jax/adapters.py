@@ -173,6 +173,30 @@ def _adamw(steps: int, lr: float, end_lr: float, eps: float, weight_decay: float
   return optax.adamw(schedule, b1=0.9, b2=0.999, eps=eps, weight_decay=weight_decay)
 
 
+def _cosine_lr(step, steps, lr, end_lr):
+  """lr of update `step` (0-based): torch CosineAnnealingLR(T_max=steps, eta_min=end_lr)."""
+  frac = jnp.minimum(step, steps).astype(jnp.float32) / steps
+  return end_lr + (lr - end_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
+def _fused_adamw_step(p, g, m, v, step, *, steps, lr, end_lr, eps, weight_decay, b1=0.9, b2=0.999):
+  """One torch-AdamW update (decoupled decay, bias correction) as a single elementwise expression per leaf."""
+  t = (step + 1).astype(jnp.float32)
+  lr_t = _cosine_lr(step, steps, lr, end_lr)
+  bc1 = 1.0 - b1 ** t
+  bc2 = 1.0 - b2 ** t
+
+  def leaf(p, g, m, v):
+    m = b1 * m + (1.0 - b1) * g
+    v = b2 * v + (1.0 - b2) * g * g
+    p = p * (1.0 - lr_t * weight_decay) - lr_t * (m / bc1) / (jnp.sqrt(v / bc2) + eps)
+    return p, m, v
+
+  out = jax.tree.map(leaf, p, g, m, v)
+  pick = lambda i: jax.tree.map(lambda o: o[i], out, is_leaf=lambda o: isinstance(o, tuple))
+  return pick(0), pick(1), pick(2)
+
+
 def _zip_f_single(views, labels, *, num_classes, steps, lr, end_lr, eps, weight_decay, beta, tau, precision):
   n, v, d = views.shape
   params = zip_adapter_init(views, labels, num_classes, precision)
@@ -180,22 +204,21 @@ def _zip_f_single(views, labels, *, num_classes, steps, lr, end_lr, eps, weight_
   feats = views.reshape(n * v, d).astype(jnp.float32)
   feats = _f16(feats, precision == "official")
   feat_labels = jnp.repeat(labels, v)
-  tx = _adamw(steps, lr, end_lr, eps, weight_decay)
-  opt_state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
 
   def loss_fn(p):
     return zip_adapter_loss({**p, "values": values}, feats, feat_labels, beta=beta, tau=tau, precision=precision)
 
-  def step(carry, _):
-    p, s = carry
+  def step(carry, i):
+    p, m, v = carry
     loss, g = jax.value_and_grad(loss_fn)(p)
-    updates, s = tx.update(g, s, p)
-    p = optax.apply_updates(p, updates)
+    p, m, v = _fused_adamw_step(p, g, m, v, i, steps=steps, lr=lr, end_lr=end_lr, eps=eps,
+                                weight_decay=weight_decay)
     if precision == "official":  # the official support key is an fp16 nn.Parameter
       p = {**p, "keys": _f16(p["keys"], True)}
-    return (p, s), loss
+    return (p, m, v), loss
 
-  (params, _), losses = jax.lax.scan(step, (params, opt_state), None, length=steps)
+  (params, _, _), losses = jax.lax.scan(step, (params, zeros, zeros), jnp.arange(steps))
   return {**params, "values": values}, losses
 
 
@@ -357,3 +380,54 @@ def classify_views(logits: jax.Array, multi_view: bool = True) -> jax.Array:
   if not multi_view:
     probs = probs[..., :1, :]
   return jnp.argmax(fuse_views(probs), axis=-1)
+
+
+# ----------------------------------------------------------------------------- jitted batch predictors
+# One compiled program per (classifier, shapes): support (S, N, V, D), labels (S, N), queries (Q, V, D)
+# -> per-view logits (S, Q, V, C) (and the training losses (S, steps) for the -F variants).
+@functools.partial(jax.jit, static_argnames=("num_classes", "beta", "tau", "precision"))
+def zip_adapter_predict(support_views, labels, query_views, *, num_classes: int, beta: float = BETA_TRAINING_FREE,
+                        tau: float = TAU, precision: str = "float32"):
+  """Training-free Zip-Adapter for S samplings: -> logits (S, Q, V, C)."""
+  params = zip_adapter_init(support_views, labels, num_classes, precision)
+  return jax.vmap(lambda p: zip_adapter_logits(p, query_views, beta=beta, tau=tau, precision=precision))(params)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "lr", "end_lr", "eps", "weight_decay",
+                                             "beta", "tau", "precision"))
+def zip_adapter_f_predict(support_views, labels, query_views, *, num_classes: int, steps: int = 500,
+                          lr: float = 1e-4, end_lr: float = 1e-5, eps: float = 1e-6, weight_decay: float = 0.01,
+                          beta: float = BETA_FINETUNE, tau: float = TAU, precision: str = "float32"):
+  """Zip-Adapter-F trained and applied for S samplings in one program: -> (logits (S, Q, V, C), losses (S, steps))."""
+  params, losses = _zip_f_batched(support_views, labels, num_classes=num_classes, steps=steps, lr=lr,
+                                  end_lr=end_lr, eps=eps, weight_decay=weight_decay, beta=beta, tau=tau,
+                                  precision=precision)
+  logits = jax.vmap(lambda p: zip_adapter_logits(p, query_views, beta=beta, tau=tau, precision=precision))(params)
+  return logits, losses
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "alpha", "beta", "logit_scale"))
+def tip_adapter_predict(support_views, labels, query_views, text, *, num_classes: int, alpha: float = TIP_ALPHA,
+                        beta: float = TIP_BETA, logit_scale: float = CLIP_LOGIT_SCALE):
+  """Tip-Adapter for S samplings (text (C, D); zeros = cache only): -> logits (S, Q, V, C)."""
+  params = jax.vmap(lambda v, l: tip_adapter_init(v, l, num_classes, text))(support_views, labels)
+  return jax.vmap(lambda p: tip_adapter_logits(p, query_views, alpha=alpha, beta=beta,
+                                               logit_scale=logit_scale))(params)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "lr", "end_lr", "eps", "weight_decay",
+                                             "alpha", "beta", "logit_scale"))
+def tip_adapter_f_predict(support_views, labels, query_views, text, *, num_classes: int, steps: int = 200,
+                          lr: float = 1e-3, end_lr: float = 0.0, eps: float = 1e-4, weight_decay: float = 0.01,
+                          alpha: float = TIP_ALPHA, beta: float = TIP_BETA, logit_scale: float = CLIP_LOGIT_SCALE):
+  """Tip-Adapter-F trained and applied for S samplings: -> (logits (S, Q, V, C), losses (S, steps))."""
+  kw = dict(alpha=alpha, beta=beta, logit_scale=logit_scale)
+  params, losses = _tip_f_batched(support_views, labels, text, num_classes=num_classes, steps=steps, lr=lr,
+                                  end_lr=end_lr, eps=eps, weight_decay=weight_decay, **kw)
+  return jax.vmap(lambda p: tip_adapter_logits(p, query_views, **kw))(params), losses
+
+
+@jax.jit
+def predict_both(logits):
+  """Per-view logits (..., V, C) -> (multi-view fused prediction, view-0 prediction), each (...,)."""
+  return classify_views(logits, True), classify_views(logits, False)
