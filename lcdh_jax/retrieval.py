@@ -110,7 +110,9 @@ def unpack_codes(packed, *, num_bits: int | None = None, signed: bool = True) ->
     full = packed.shape[1] * 8
     num_bits = full if num_bits is None else int(num_bits)
     if not 0 < num_bits <= full:
-        raise ValueError(f"num_bits must be in [1, {full}] for packed codes of {packed.shape[1]} bytes; got {num_bits}.")
+        raise ValueError(
+            f"num_bits must be in [1, {full}] for packed codes of {packed.shape[1]} bytes; got {num_bits}."
+        )
     bits = np.unpackbits(packed, axis=1, count=num_bits).astype(np.int8)
     return 2 * bits - 1 if signed else bits
 
@@ -244,7 +246,9 @@ def _prepare(query_codes, db_codes, query_labels, db_labels) -> _Problem:
     if qc.shape[1] == 0:
         raise ValueError("codes have length K=0.")
     if ql.shape[1] != dl.shape[1]:
-        raise ValueError(f"query and database labels have different numbers of classes: {ql.shape[1]} vs {dl.shape[1]}.")
+        raise ValueError(
+            f"query and database labels have different numbers of classes: {ql.shape[1]} vs {dl.shape[1]}."
+        )
     for name, lab in (("query_labels", ql), ("db_labels", dl)):
         if not (np.issubdtype(lab.dtype, np.number) or lab.dtype == np.bool_):
             raise ValueError(f"{name} must be numeric (multi-hot); got dtype {lab.dtype}.")
@@ -323,15 +327,13 @@ def average_precisions(query_codes, db_codes, query_labels, db_labels, *, top_k:
     k = _check_top_k(top_k, n_db)
     length = k if cutoff == "rank" else n_db  # "relevant": rank everything, keep the first k relevant items
     hit_number = np.arange(1, n_db + 1, dtype=np.float64)  # j, the j-th relevant item of the list
-    inv_rank = 1.0 / hit_number  # 1 / rank, indexed by the 0-based position rank - 1
 
     def chunk(lo: int, hi: int) -> np.ndarray:
         ap = np.zeros(hi - lo, np.float64)
         for i, g in enumerate(_sorted_relevance_rows(p, lo, hi, length)):
             pos = np.flatnonzero(g)[:k]  # 0-based positions of the relevant items in the ranked list
-            if pos.size:  # AP = (1/R) sum_j j / rank_j
-                # (no np.dot here: OpenBLAS would start its own threads for every query)
-                ap[i] = np.multiply(hit_number[: pos.size], inv_rank.take(pos)).sum() / pos.size
+            if pos.size:  # AP = (1/R) sum_j j / rank_j, the same float operations as DCMH's np.mean(count / tindex)
+                ap[i] = np.add.reduce(hit_number[: pos.size] / (pos + 1.0)) / pos.size  # == np.mean, less overhead
         return ap
 
     return _map_chunks(chunk, p.qw.shape[0], _QUERY_CHUNK, _num_threads(num_threads))
