@@ -11,7 +11,7 @@ from backbones_jax import alpha_clip, clip, convert
 torch = pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import WIDTH, hf_to_openai, torch_features  # noqa: E402  pylint: disable=g-import-not-at-top
+from backbones_testlib import WIDTH, hf_to_openai, torch_features  # noqa: E402  pylint: disable=g-import-not-at-top
 
 SMALL = dict(width=32, layers=1, heads=2, image_size=32, patch_size=8, vocab_size=32,
              context_length=8, projection_dim=16)

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import hf_to_openai, torch_features  # noqa: E402  pylint: disable=g-import-not-at-top
+from backbones_testlib import hf_to_openai, torch_features  # noqa: E402  pylint: disable=g-import-not-at-top
 
 TOL = 1e-5
 
