@@ -165,8 +165,9 @@ OPENAI_TEXT_TABLE: Table = [
 
 # OpenAI CLIP state dict (``clip.load(..., jit=False).state_dict()`` or the TorchScript archive).
 OPENAI_CLIP_TABLE: Table = [*openai_visual_table(), *OPENAI_TEXT_TABLE]
-# Scalars kept in OpenAI's TorchScript archives (deleted by OpenAI's build_model too).
-OPENAI_IGNORED = (r"input_resolution", r"context_length", r"vocab_size")
+# Scalars kept in OpenAI's TorchScript archives (deleted by OpenAI's build_model too), and the
+# causal mask, which is a plain tensor attribute of the text blocks (never a parameter).
+OPENAI_IGNORED = (r"input_resolution", r"context_length", r"vocab_size", r".*\.attn_mask")
 
 
 def flatten(tree, sep: str = "/") -> dict[str, Any]:
