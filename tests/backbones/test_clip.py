@@ -238,3 +238,19 @@ def test_preset_parameter_counts():
   assert counts["ViT-L/14"][0] == 427_616_513
   assert abs(counts["ViT-B/16"][1] / 86e6 - 1) < 0.005
   assert abs(counts["ViT-L/14"][1] / 304e6 - 1) < 0.005
+
+
+def test_remat_same_params_and_gradients():
+  """remat=True keeps the parameter names and gives the same gradients."""
+  plain, params = clip.init_clip(SMALL, seed=4)
+  remat = clip.CLIP(SMALL, remat=True)
+  assert jax.tree.structure(clip.abstract_params(remat)) == jax.tree.structure(params)
+  images = np.random.RandomState(5).randn(2, 32, 32, 3).astype(np.float32)
+
+  def loss(model, p):
+    return jnp.sum(model.apply({"params": p}, images, method=clip.CLIP.get_image_features) ** 2)
+
+  g_plain = jax.jit(jax.grad(lambda p: loss(plain, p)))(params)
+  g_remat = jax.jit(jax.grad(lambda p: loss(remat, p)))(params)
+  for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
