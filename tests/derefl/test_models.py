@@ -118,6 +118,10 @@ def test_complementarity_attention_mixes_only_within_reorganised_streams():
   assert float(jnp.abs(ot_a[..., 0] - ot[..., 0]).max()) > 1e-4
   np.testing.assert_allclose(ot_b[..., : c // 2], ot[..., : c // 2], atol=1e-6)
   assert float(jnp.abs(ot_b[..., c // 2:] - ot[..., c // 2:]).max()) > 1e-4
+  # Gradients reach every parameter (shared attention included) and are finite.
+  g = jax.jit(jax.grad(lambda q: sum(jnp.sum(o ** 2) for o in blk.apply(q, t, r))))(q)
+  for path, leaf in jax.tree_util.tree_leaves_with_path(g):
+    assert bool(jnp.isfinite(leaf).all()) and float(jnp.abs(leaf).max()) > 0, path
 
 
 def test_transposed_attention_against_numpy():
