@@ -94,7 +94,10 @@ class _Backbone:
           patch_size=ac.tiny_patch_size, projection_dim=ac.tiny_projection_dim,
           vocab_size=self.tokenizer.vocab_size, context_length=16, eos_token_id=self.tokenizer.eos_token_id)
       self.model, self.params = alpha_clip.init_alpha_clip(spec, seed=int(config.seed))
-      self.name = f"tiny-alphaclip-w{ac.tiny_width}-l{ac.tiny_layers}-s{ac.tiny_image_size}-seed{config.seed}"
+      self.params = _spread_random_embeddings(self.params, float(ac.tiny_embed_scale), float(ac.tiny_alpha_std),
+                                              int(config.seed))
+      self.name = (f"tiny-alphaclip-w{ac.tiny_width}-l{ac.tiny_layers}-s{ac.tiny_image_size}-seed{config.seed}"
+                   f"-x{ac.tiny_embed_scale:g}-a{ac.tiny_alpha_std:g}")
     else:
       if not ac.visual_ckpt or not Path(ac.visual_ckpt).expanduser().is_file():
         raise FileNotFoundError(
@@ -128,6 +131,23 @@ class _Backbone:
       return None
     ids, mask = self.tokenizer([self._prompt(n) for n in class_names])
     return np.asarray(alpha_clip.encode_text(self.model, self.params, ids, mask))
+
+
+def _spread_random_embeddings(params, embed_scale: float, alpha_std: float, seed: int):
+  """Random-weight demo only: scale the patch embedding and draw `conv1_alpha` ~ N(0, alpha_std).
+
+  With the standard init (std 0.02 patch embedding, zero `conv1_alpha` as AlphaCLIP starts) the
+  class token of a random tiny ViT is nearly constant (cosine ~0.9999 between all images) and
+  ignores the alpha mask; these two changes make random features depend on the crop and on the
+  defect region, so the demo's few-shot numbers are above chance. Trained checkpoints are untouched.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  emb = dict(params["vision_model"]["embeddings"])
+  emb["patch_embedding"] = {"kernel": emb["patch_embedding"]["kernel"] * embed_scale}
+  shape = emb["conv1_alpha"]["kernel"].shape
+  emb["conv1_alpha"] = {"kernel": alpha_std * jax.random.normal(jax.random.key(seed + 1), shape)}
+  vision = dict(params["vision_model"], embeddings=emb)
+  return dict(params, vision_model=vision)
 
 
 def _image_category(config, workdir: str, category: str, backbone: _Backbone, data_root: str,

@@ -61,6 +61,8 @@ def _base() -> ml_collections.ConfigDict:
   c.alpha_clip.tiny_image_size = 32
   c.alpha_clip.tiny_patch_size = 8
   c.alpha_clip.tiny_projection_dim = 32
+  c.alpha_clip.tiny_embed_scale = 10.0  # random demo weights only: patch embedding x10 ...
+  c.alpha_clip.tiny_alpha_std = 0.2     # ... and a random conv1_alpha, so random features see crop + mask
   c.prompt = "a photo of a {} defect"  # zero-shot class prompt ("_" in class names -> " ")
 
   c.protocol = ml_collections.ConfigDict()
