@@ -288,7 +288,8 @@ class HighFrequencyBlock(nn.Module):
   @nn.compact
   def __call__(self, t: Array, r: Array) -> tuple[Array, Array]:
     c = t.shape[-1]
-    ks = min(self.kernel_size, 2 * (min(t.shape[1], t.shape[2]) - 1) - 1) | 1
+    # Reflect padding needs kernel_size // 2 < H, W: shrink the filter on very small inputs.
+    ks = min(self.kernel_size, 2 * min(t.shape[1], t.shape[2]) - 1)
     hf = jnp.concatenate([high_pass(t, ks), high_pass(r, ks)], axis=-1)
     h = _conv(c, 1, name="fuse", dtype=self.dtype)(hf)
     for i in range(self.num_blocks):
@@ -387,7 +388,7 @@ class ReflectionRemovalNet(nn.Module):
     c = self.width
     skips = []
     for lvl, n in enumerate(self.enc_blocks):
-      if self.use_prior:
+      if self.use_prior and lvl + 1 <= 5:  # VGG19 has taps relu1_1 .. relu5_1
         t, r = PriorInjection(dtype=self.dtype, name=f"prior_in{lvl}")(t, r, prior[f"relu{lvl + 1}_1"])
       for i in range(n):
         t, r = MuGIBlock(dtype=self.dtype, name=f"enc{lvl}_{i}")(t, r)
