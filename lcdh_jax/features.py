@@ -20,7 +20,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["fingerprint", "cache_key", "cache_paths", "compute_clip_features", "cached_clip_features"]
+__all__ = ["fingerprint", "cache_key", "cache_paths", "compute_clip_features", "cached_clip_features",
+           "standardize"]
 
 Tokenize = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
@@ -97,4 +98,22 @@ def cached_clip_features(*, cache_dir: str | os.PathLike, dataset: str, model: s
   np.savez(tmp, image=out["image"].astype(np.float32), text=out["text"].astype(np.float32))
   os.replace(tmp, npz)
   meta.write_text(json.dumps(key, indent=1, sort_keys=True))
+  return out
+
+
+def standardize(feats: dict[str, np.ndarray], reference: np.ndarray,
+                eps: float = 1e-6) -> dict[str, np.ndarray]:
+  """Z-score every feature dimension with the mean/std of the ``reference`` rows (the train split).
+
+  CLIP embeddings share a large common direction (random towers: cosine ~0.999 between any two
+  images), which a tanh hash layer cannot undo on its own; centring and scaling per dimension
+  keeps only what distinguishes the items. ``{"image": (N, P), "text": (N, P)}`` -> same shapes.
+  """
+  reference = np.asarray(reference, np.int64)
+  if reference.size < 2:
+    raise ValueError("standardize needs at least 2 reference rows.")
+  out = {}
+  for k, x in feats.items():
+    ref = x[reference]
+    out[k] = ((x - ref.mean(0)) / (ref.std(0) + eps)).astype(np.float32)
   return out

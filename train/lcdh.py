@@ -1,0 +1,472 @@
+"""LCDH end to end: CLIP features -> offline teacher -> online student stream -> retrieval tables.
+
+    python -m train.lcdh                                   # demo preset, fully offline
+    python -m train.lcdh --config=train/configs/lcdh.py:mirflickr --config.data_root=data/mirflickr
+
+Per code length K (``config.bits``) the run
+
+1. loads the dataset (the demo generates synthetic data into ``<workdir>/data``) and the DCMH split
+   (held-out queries, database, teacher training set) drawn with ``config.seed``;
+2. computes the frozen CLIP image/text features once (cached in ``<workdir>/features``);
+3. trains the teacher offline on the training set (checkpointed in ``<workdir>/K<K>/teacher``);
+4. streams the database in chunks: each round trains the student on the new chunk plus anchors
+   under teacher supervision, appends the chunk's codes to the database (never re-encoded unless
+   ``stream.reencode``), encodes the queries with the current student and reports mAP
+   (checkpoint with the stream state after every round in ``<workdir>/K<K>/student``);
+5. writes ``results.json`` (mAP I->T / T->I of student, teacher and random codes after every round),
+   ``map_per_round.png`` and ``pr_curves.png`` into the workdir, and prints the table.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lcdh_jax import data as data_lib
+from lcdh_jax import features as features_lib
+from lcdh_jax import models, online, retrieval, synthetic
+from train import parallel
+from train.checkpoint import Checkpointer
+from train.guard import check_finite
+from train.loop import fit
+from train.metric_writer import MetricWriter, progress, save_json
+from train.state import TrainState, compile_train_step
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "lcdh.py") + ":demo"
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[data_lib.CrossModalData,
+                                                                           data_lib.Split]:
+  """Dataset (generated for ``synthetic``) and its seeded DCMH split."""
+  if config.dataset == "synthetic":
+    root = Path(config.data_root or os.path.join(workdir, "data"))
+    if not (root / "synthetic.mat").exists():
+      syn = synthetic.make_synthetic(num_samples=config.synthetic.num_samples,
+                                     image_size=config.synthetic.image_size, seed=config.seed,
+                                     max_objects=config.synthetic.max_objects)
+      if parallel.is_main_process():
+        synthetic.write_mat(syn, root, name="synthetic", layout="arrays")
+      d = data_lib.CrossModalData(name="synthetic", images=syn.images, tags=syn.tags,
+                                  labels=syn.labels.astype(np.float32), captions=syn.captions)
+    else:
+      d = data_lib.load_dataset("synthetic", root)
+  else:
+    root = config.data_root or os.path.join("data", config.dataset)
+    d = data_lib.load_dataset(config.dataset, root)
+  split = data_lib.split_indices(len(d), num_query=config.split.num_query,
+                                 num_train=config.split.num_train, seed=config.seed)
+  return d, split
+
+
+# ------------------------------------------------------------------------------------------- CLIP
+
+
+class _DemoWordTokenizer:
+  """Word-level tokenizer over the captions' own vocabulary (offline demo with a random tiny CLIP).
+
+  ids: [BOS, w_1, ..., w_n, EOS, PAD...] (N, L) int32 and mask (N, L) int32; EOS is the last id.
+  """
+
+  def __init__(self, texts, context_length: int = 16):
+    import re
+    words = sorted({w for t in texts for w in re.findall(r"[a-z0-9]+", t.lower())})
+    self._re = re
+    self.index = {w: i + 3 for i, w in enumerate(words)}  # 0 pad, 1 unk, 2 bos
+    self.vocab_size = len(words) + 4
+    self.eos_token_id = self.vocab_size - 1
+    self.context_length = context_length
+
+  def __call__(self, texts):
+    n, length = len(texts), self.context_length
+    ids = np.zeros((n, length), np.int32)
+    mask = np.zeros((n, length), np.int32)
+    for i, t in enumerate(texts):
+      toks = [2] + [self.index.get(w, 1) for w in self._re.findall(r"[a-z0-9]+", t.lower())]
+      toks = toks[:length - 1] + [self.eos_token_id]
+      ids[i, :len(toks)] = toks
+      mask[i, :len(toks)] = 1
+    return ids, mask
+
+
+def _tokenizer(config, captions):
+  """The tiny demo uses a word tokenizer over the captions; real CLIP its BPE tokenizer."""
+  if config.clip.name == "tiny":
+    return _DemoWordTokenizer(captions, context_length=16)
+  from backbones_jax import tokenizer as tok_lib
+  return tok_lib.CLIPTokenizer(config.clip.name)
+
+
+def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
+                  workdir: str) -> dict[str, np.ndarray]:
+  """Frozen CLIP image/text embeddings of every item, (N, P) each, cached on disk."""
+  from backbones_jax import clip as clip_lib
+  if config.clip.name == "tiny":
+    model_key = (f"tiny-clip-w{config.clip.tiny_width}-l{config.clip.tiny_layers}"
+                 f"-s{config.clip.tiny_image_size}-p{config.clip.tiny_projection_dim}"
+                 f"-seed{config.seed}")
+  else:
+    model_key = config.clip.name
+  cache_dir = config.cache_dir or os.path.join(workdir, "features")
+
+  def compute():
+    tok = _tokenizer(config, d.captions)
+    if config.clip.name == "tiny":
+      spec = clip_lib.tiny_clip_spec(width=config.clip.tiny_width, layers=config.clip.tiny_layers,
+                                     heads=4, image_size=config.clip.tiny_image_size,
+                                     patch_size=max(4, config.clip.tiny_image_size // 8),
+                                     vocab_size=tok.vocab_size, context_length=16,
+                                     projection_dim=config.clip.tiny_projection_dim,
+                                     eos_token_id=tok.eos_token_id)
+      model, params = clip_lib.init_clip(spec, seed=config.seed)
+    else:
+      model, params = clip_lib.load_clip(config.clip.name)
+    size = model.spec.vision.image_size
+
+    def get_images(idx):
+      ims = np.stack([d.image(int(i), size) for i in idx]).astype(np.float32) / 255.0
+      return np.asarray(clip_lib.normalize(ims))
+
+    return features_lib.compute_clip_features(
+        get_images=get_images, captions=d.captions,
+        encode_image=lambda x: clip_lib.encode_image(model, params, x),
+        encode_text=lambda ids, m: clip_lib.encode_text(model, params, ids, m),
+        tokenize=lambda texts: tok(list(texts)), batch_size=config.clip.batch_size)
+
+  return features_lib.cached_clip_features(
+      cache_dir=cache_dir, dataset=d.name, model=model_key,
+      image_size=config.clip.tiny_image_size if config.clip.name == "tiny" else 0,
+      labels=d.labels, captions=d.captions, compute=compute)
+
+
+# ---------------------------------------------------------------------------------------- teacher
+
+
+def _jit_create(init_params, tx, rng) -> TrainState:
+  """``TrainState.create`` in one compiled call (eager init would compile every op separately)."""
+  @jax.jit
+  def create(r):
+    return TrainState.create(params=init_params(jax.random.fold_in(r, 1)), tx=tx, rng=r)
+  return create(rng)
+
+
+def _adamw(lr, wd):
+  return optax.adamw(lr, weight_decay=wd)
+
+
+def train_teacher(config, bits: int, feats: dict[str, np.ndarray], d: data_lib.CrossModalData,
+                  split: data_lib.Split, workdir: str, mesh) -> tuple[models.Teacher, Any]:
+  """Offline teacher on cached CLIP features of the training set; resumes from its checkpoints."""
+  tc = config.teacher
+  teacher = models.Teacher(bits=bits, width=tc.width, num_heads=tc.num_heads, dropout=tc.dropout)
+  rng = jax.random.PRNGKey(config.seed + 1000 * bits)
+  tx = _adamw(tc.lr, tc.weight_decay)
+  state = _jit_create(lambda r: teacher.init(r, feats["image"][:2], feats["text"][:2])["params"],
+                      tx, rng)
+  cfg = online.TeacherLossConfig(w_label=tc.w_label, w_contrast=tc.w_contrast, w_quant=tc.w_quant,
+                                 w_balance=tc.w_balance, likelihood_scale=config.student.likelihood_scale,
+                                 temperature=tc.temperature)
+  train_idx = split.train
+  bs = tc.batch_size
+
+  def batch_fn(step):
+    r = np.random.default_rng([config.seed, bits, step])
+    idx = train_idx[r.choice(train_idx.size, size=bs, replace=train_idx.size < bs)]
+    return {"image_emb": feats["image"][idx], "text_emb": feats["text"][idx],
+            "labels": d.labels[idx]}
+
+  tdir = os.path.join(workdir, f"K{bits}", "teacher")
+  state = fit(state=state, train_step=functools.partial(online.teacher_train_step, teacher=teacher,
+                                                        cfg=cfg),
+              batch_fn=batch_fn, num_steps=tc.steps, workdir=tdir, mesh=mesh,
+              checkpoint_every=config.checkpoint.every_steps,
+              max_to_keep=config.checkpoint.max_to_keep, log_every=config.log_every_steps,
+              desc=f"teacher K={bits}")
+  return teacher, parallel.to_host(state.params)
+
+
+def teacher_outputs(teacher: models.Teacher, params, feats, batch_size: int) -> dict[str, np.ndarray]:
+  """Teacher outputs for every item: fused (N, K) float features, image/text (N, K) int8 codes."""
+  apply = jax.jit(lambda p, i, t: teacher.apply({"params": p}, i, t))
+  n = feats["image"].shape[0]
+  outs = {"fused": [], "image": [], "text": []}
+  for s in range(0, n, batch_size):
+    idx = np.arange(s, min(s + batch_size, n))
+    pad = batch_size - idx.size
+    pidx = np.concatenate([idx, np.repeat(idx[-1:], pad)]) if pad else idx
+    o = apply(params, feats["image"][pidx], feats["text"][pidx])
+    for k in outs:
+      outs[k].append(np.asarray(o[k])[:idx.size])
+  out = {k: np.concatenate(v) for k, v in outs.items()}
+  return {"fused": out["fused"].astype(np.float32), "image": online.binarize(out["image"]),
+          "text": online.binarize(out["text"])}
+
+
+# ---------------------------------------------------------------------------------------- student
+
+
+def _student_tx(sc) -> optax.GradientTransformation:
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "backbone" if path[0].key == "image_net" else "head", params)
+  return optax.multi_transform(
+      {"backbone": _adamw(sc.lr * sc.backbone_lr_mult, sc.weight_decay),
+       "head": _adamw(sc.lr, sc.weight_decay)}, labels)
+
+
+def build_student(config, bits: int, tag_dim: int):
+  sc = config.student
+  student = models.Student(bits=bits, image_backbone=sc.backbone, cnn_widths=tuple(sc.cnn_widths),
+                           text_hidden=sc.text_hidden, image_hidden=sc.image_hidden)
+  rng = jax.random.PRNGKey(config.seed + 2000 * bits)
+  images = jnp.zeros((1, sc.image_size, sc.image_size, 3), jnp.float32)
+  if sc.backbone == "vgg16" and not sc.vgg_weights and not sc.allow_random_vgg:
+    raise FileNotFoundError(
+        "student.backbone='vgg16' needs ImageNet weights: pass --config.student.vgg_weights="
+        "<path to torchvision vgg16-397923af.pth>, or --config.student.allow_random_vgg=true to "
+        "train VGG16 from scratch, or --config.student.backbone=small_cnn.")
+  if sc.backbone == "vgg16" and sc.vgg_weights and not os.path.exists(sc.vgg_weights):
+    raise FileNotFoundError(
+        f"student.vgg_weights={sc.vgg_weights!r} does not exist. Put torchvision's ImageNet "
+        f"VGG16 state dict there (vgg16-397923af.pth from download.pytorch.org/models).")
+  params = jax.jit(lambda r: student.init(r, images, jnp.zeros((1, tag_dim)))["params"])(
+      jax.random.fold_in(rng, 1))
+  if sc.backbone == "vgg16" and sc.vgg_weights:
+    from backbones_jax import vgg as vgg_lib
+    _, vgg_params = vgg_lib.load_torchvision_vgg(sc.vgg_weights, depth=16,
+                                                taps=(vgg_lib.all_taps(16)[-1],))
+    params = models.load_vgg_into_student(params, vgg_params)
+  tx = _student_tx(sc)
+  return student, _jit_create(lambda r: params, tx, rng)
+
+
+def _encoder(student, which: str):
+  method = models.Student.encode_image if which == "image" else models.Student.encode_text
+  return jax.jit(lambda p, x: student.apply({"params": p}, x, method=method))
+
+
+def _random_codes(n: int, bits: int, seed: int) -> np.ndarray:
+  r = np.random.default_rng([seed, bits, 99])
+  return np.where(r.random((n, bits)) < 0.5, 1, -1).astype(np.int8)
+
+
+def run_stream(config, bits: int, d: data_lib.CrossModalData, split: data_lib.Split,
+               teacher_out: dict[str, np.ndarray], workdir: str, mesh) -> list[dict[str, float]]:
+  """The online rounds for one code length; returns one metrics dict per finished round."""
+  sc = config.student
+  student, state = build_student(config, bits, d.tags.shape[1])
+  sdir = os.path.join(workdir, f"K{bits}", "student")
+  ckpt = Checkpointer(sdir, max_to_keep=config.checkpoint.max_to_keep, every_steps=1)
+  state = parallel.replicate(state, mesh)
+  state, extra, restored = ckpt.restore_or(state)
+  stream = online.StreamState.empty(bits)
+  history: list[dict[str, float]] = []
+  keys = ["round", "db_size", "student_i2t", "student_t2i", "teacher_i2t", "teacher_t2i",
+          "random_i2t", "random_t2i", "loss", "teacher_fused"]
+  if extra is not None:
+    stream = online.StreamState.from_extra(extra)
+    history = [dict(zip(keys, map(float, row))) for row in np.asarray(extra["history"])]
+    print(f"[K={bits}] resumed the stream after round {stream.rounds_done} "
+          f"(database {stream.size} items, step {restored}).")
+  chunks = online.make_stream(split.database, chunk_size=config.stream.chunk_size,
+                              num_rounds=config.stream.num_rounds or None)
+  loss_cfg = online.StudentLossConfig(
+      w_distill=sc.w_distill, w_label=sc.w_label, w_contrast=sc.w_contrast, w_quant=sc.w_quant,
+      w_balance=sc.w_balance, distill_mode=sc.distill_mode, teacher_sim_mode=sc.teacher_sim_mode,
+      teacher_sim_threshold=sc.teacher_sim_threshold, likelihood_scale=sc.likelihood_scale,
+      temperature=sc.temperature)
+  step_fn = compile_train_step(functools.partial(online.train_step, student=student, cfg=loss_cfg),
+                               mesh)
+  enc_img, enc_txt = _encoder(student, "image"), _encoder(student, "text")
+  eb = config.eval.batch_size
+  top_k = config.eval.top_k or None
+  rand = _random_codes(len(d), bits, config.seed)
+  q = split.query
+
+  def images_of(idx):
+    return (data_lib.imagenet_normalize(np.stack([d.image(int(i), sc.image_size) for i in idx])),)
+
+  def encode(params, idx, desc=None):
+    ic = online.encode_in_batches(lambda x: enc_img(params, x), images_of, idx, batch_size=eb,
+                                  desc=desc)
+    tc = online.encode_in_batches(lambda x: enc_txt(params, x), lambda i: (d.tags[i],), idx,
+                                  batch_size=eb)
+    return ic, tc
+
+  writer = MetricWriter(sdir)
+  steps = sc.steps_per_round
+  try:
+    for r in range(stream.rounds_done, len(chunks)):
+      new, anchors = online.round_pool(chunks, r, seed=config.seed,
+                                       num_anchors=config.stream.num_anchors)
+      pool = np.concatenate([new, anchors])
+      ds = data_lib.image_dataset(d, pool, batch_size=sc.batch_size,
+                                  seed=config.seed * 100003 + r, image_size=sc.image_size)
+      bar = progress(steps, desc=f"student K={bits} round {r + 1}/{len(chunks)}")
+      losses = []
+      for s in range(steps):
+        b = ds[s]
+        batch = {"image": b["image"], "bow": b["bow"], "labels": b["labels"],
+                 "teacher": teacher_out["fused"][b["index"]]}
+        gstep = r * steps + s
+        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh),
+                                 jax.random.fold_in(state.rng, gstep))
+        if (s + 1) % max(1, config.log_every_steps) == 0 or s + 1 == steps:
+          host = parallel.to_host(metrics)
+          check_finite(host, step=gstep + 1, last_checkpoint=ckpt.latest_step(),
+                       checkpoint_dir=ckpt.directory)
+          writer.write(gstep + 1, {**host, "round": r + 1})
+          losses.append(float(host["loss"]))
+          bar.set_postfix(loss=f"{float(host['loss']):.4f}", refresh=False)
+        bar.update(1)
+      bar.close()
+      params = parallel.to_host(state.params)
+      # Encode the new chunk once and append it; the old database codes are not touched.
+      stream = stream.add(new, *encode(params, new))
+      if config.stream.reencode:
+        stream = stream.reencode(*encode(params, stream.indices, desc="re-encode database"))
+      qi, qt = encode(params, q)
+      db, lq, ldb = stream.indices, d.labels[q], d.labels[stream.indices]
+      ev = functools.partial(online.evaluate, query_labels=lq, db_labels=ldb,
+                             map_fn=retrieval.mean_average_precision, top_k=top_k)
+      st = ev(query_image_codes=qi, query_text_codes=qt, db_image_codes=stream.image_codes,
+              db_text_codes=stream.text_codes)
+      te = ev(query_image_codes=teacher_out["image"][q], query_text_codes=teacher_out["text"][q],
+              db_image_codes=teacher_out["image"][db], db_text_codes=teacher_out["text"][db])
+      ra = ev(query_image_codes=rand[q], query_text_codes=rand[q], db_image_codes=rand[db],
+              db_text_codes=rand[db])
+      fused = online.binarize(teacher_out["fused"])
+      tf = retrieval.mean_average_precision(fused[q], fused[db], lq, ldb, top_k=top_k)
+      row = {"round": r + 1, "db_size": stream.size, "student_i2t": st["i2t"],
+             "student_t2i": st["t2i"], "teacher_i2t": te["i2t"], "teacher_t2i": te["t2i"],
+             "random_i2t": ra["i2t"], "random_t2i": ra["t2i"],
+             "loss": losses[-1] if losses else float("nan"), "teacher_fused": float(tf)}
+      history.append(row)
+      print(f"[K={bits}] round {r + 1}/{len(chunks)} db={stream.size:6d}  student I->T "
+            f"{st['i2t']:.4f} T->I {st['t2i']:.4f} | teacher {te['i2t']:.4f} {te['t2i']:.4f} "
+            f"(fused {tf:.4f}) | "
+            f"random {ra['i2t']:.4f} {ra['t2i']:.4f}", flush=True)
+      writer.write((r + 1) * steps, {f"map/{k}": v for k, v in row.items()
+                                     if k not in ("round", "db_size")})
+      extra = {**stream.to_extra(),
+               "history": np.array([[h[k] for k in keys] for h in history], np.float64)}
+      ckpt.save((r + 1) * steps, state, extra=extra, force=True)
+  finally:
+    writer.close()
+    ckpt.close()
+  return history, stream, student, parallel.to_host(state.params)
+
+
+# -------------------------------------------------------------------------------------- reporting
+
+
+def format_table(results: dict) -> str:
+  lines = [f"{'bits':>4} {'round':>5} {'db':>7} | {'student I->T':>12} {'T->I':>6} | "
+           f"{'teacher I->T':>12} {'T->I':>6} {'fused':>6} | {'random I->T':>11} {'T->I':>6}"]
+  for k, res in results["bits"].items():
+    for h in res["rounds"]:
+      lines.append(f"{k:>4} {int(h['round']):>5} {int(h['db_size']):>7} | "
+                   f"{h['student_i2t']:12.4f} {h['student_t2i']:6.4f} | "
+                   f"{h['teacher_i2t']:12.4f} {h['teacher_t2i']:6.4f} {h['teacher_fused']:6.4f} | "
+                   f"{h['random_i2t']:11.4f} {h['random_t2i']:6.4f}")
+  return "\n".join(lines)
+
+
+def plot_map_per_round(results: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+  for ax, direction, title in ((axes[0], "i2t", "image -> text"), (axes[1], "t2i", "text -> image")):
+    for i, (k, res) in enumerate(results["bits"].items()):
+      rounds = [h["round"] for h in res["rounds"]]
+      colour = f"C{i}"
+      ax.plot(rounds, [h[f"student_{direction}"] for h in res["rounds"]], "-o", color=colour,
+              label=f"student {k} bits")
+      ax.plot(rounds, [h[f"teacher_{direction}"] for h in res["rounds"]], "--", color=colour,
+              label=f"teacher {k} bits")
+      ax.plot(rounds, [h[f"random_{direction}"] for h in res["rounds"]], ":", color="gray",
+              label="random codes" if i == 0 else None)
+    ax.set_title(f"mAP per round, {title}")
+    ax.set_xlabel("round (chunks seen)")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("mAP")
+  axes[1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the whole pipeline (module docstring) and returns the results dict."""
+  t0 = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh()
+  d, split = prepare_data(config, workdir)
+  print(f"data: {d.name}, {len(d)} items, {d.labels.shape[1]} labels, {d.tags.shape[1]}-d tags; "
+        f"{split.query.size} queries, {split.database.size} database, {split.train.size} "
+        f"teacher-train; devices: {jax.device_count()} x {jax.devices()[0].platform}", flush=True)
+  feats = features_lib.standardize(clip_features(config, d, workdir), split.train)
+  results = {"preset": config.get("preset", ""), "dataset": d.name, "num_items": len(d),
+             "num_query": int(split.query.size), "num_database": int(split.database.size),
+             "chunk_size": config.stream.chunk_size, "clip": config.clip.name,
+             "student_backbone": config.student.backbone,
+             "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "bits": {}}
+  pr_curves = {}
+  for bits in config.bits:
+    teacher, tparams = train_teacher(config, bits, feats, d, split, workdir, mesh)
+    tout = teacher_outputs(teacher, tparams, feats, config.eval.batch_size)
+    history, stream, student, sparams = run_stream(config, bits, d, split, tout, workdir, mesh)
+    results["bits"][str(bits)] = {"rounds": history, "final": history[-1] if history else None}
+    if config.eval.pr_curve and history and parallel.is_main_process():
+      q = split.query
+      qi = online.encode_in_batches(
+          lambda x: _encoder(student, "image")(sparams, x),
+          lambda idx: (data_lib.imagenet_normalize(
+              np.stack([d.image(int(i), config.student.image_size) for i in idx])),),
+          q, batch_size=config.eval.batch_size)
+      pr_curves[f"student {bits}b I->T"] = retrieval.pr_curve_by_radius(
+          qi, stream.text_codes, d.labels[q], d.labels[stream.indices])
+      pr_curves[f"teacher {bits}b I->T"] = retrieval.pr_curve_by_radius(
+          tout["image"][q], tout["text"][stream.indices], d.labels[q], d.labels[stream.indices])
+  results["time_s"] = round(time.time() - t0, 1)
+  table = format_table(results)
+  if parallel.is_main_process():
+    print("\nmAP (DCMH calc_map over the database streamed so far), after each round. teacher "
+          "I->T/T->I: its per-modality codes; fused: its fused codes on both sides (the "
+          "distillation target); random: random +-1 codes:\n" + table, flush=True)
+    save_json(os.path.join(workdir, "results.json"), results)
+    with open(os.path.join(workdir, "results.txt"), "w") as f:
+      f.write(table + "\n")
+    plot_map_per_round(results, os.path.join(workdir, "map_per_round.png"))
+    if pr_curves:
+      retrieval.save_pr_curve_png(pr_curves, os.path.join(workdir, "pr_curves.png"),
+                                  title="PR by Hamming radius (last round)")
+    print(f"results: {os.path.join(workdir, 'results.json')} (+ map_per_round.png, "
+          f"pr_curves.png); {results['time_s']} s", flush=True)
+  return results
+
+
+def main(argv=None):
+  # One JAX CPU device computes on about one core: on CPU-only hosts split the batch over 2
+  # devices (must be set before the backend starts; an explicit XLA_FLAGS wins).
+  os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  from train import cli
+  return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv)
+
+
+if __name__ == "__main__":
+  main()
