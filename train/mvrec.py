@@ -40,7 +40,7 @@ def discover_official(features_dir: str | os.PathLike) -> dict[str, tuple[Path, 
   if not str(features_dir) or not d.is_dir():
     raise FileNotFoundError(
         f"official_features needs --config.features_dir=<directory of official MVREC feature buffers>; "
-        f"{str(d)!r} is not a directory. The official code writes them to buffer/mso/AlphaClip_ViT-L/"
+        f"{str(features_dir)!r} is not a directory. The official code writes them to buffer/mso/AlphaClip_ViT-L/"
         "14_mvtec_<category>_data_{support,query}.pt; <category>_{support,query}.pt also works.")
   found: dict[str, tuple[Path, Path]] = {}
   for cat in features.official_categories(d):
@@ -365,8 +365,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def main(argv=None):
+  import sys  # pylint: disable=import-outside-toplevel
   from train import cli  # pylint: disable=import-outside-toplevel  (train/__init__ sets the CPU device count)
-  return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv)
+  try:
+    return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv)
+  except FileNotFoundError as e:  # missing data / checkpoint / buffers: the message says what to pass
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
