@@ -181,3 +181,9 @@ def test_bad_inputs_raise_clear_errors(episode):
     A.zip_adapter_init(episode["views"], episode["labels"][:-1], 3)
   with pytest.raises(ValueError, match="text_embeddings"):
     A.tip_adapter_init(episode["views"], episode["labels"], 3, np.zeros((2, 16)))
+
+
+def test_bfloat16_precision_tracks_float32(episode):
+  _, l32 = A.zip_adapter_f_train(episode["views"], episode["labels"], 3, steps=10, lr=1e-3)
+  _, l16 = A.zip_adapter_f_train(episode["views"], episode["labels"], 3, steps=10, lr=1e-3, precision="bfloat16")
+  np.testing.assert_allclose(np.asarray(l16), np.asarray(l32), rtol=2e-2, atol=1e-4)
