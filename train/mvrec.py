@@ -70,7 +70,7 @@ def _official_category(paths: tuple[Path, Path], category: str) -> dict[str, Any
   q = features.load_official_features(paths[1], cls_only=True)
   num_classes = int(max(s.labels.max(), q.labels.max())) + 1
   names = data_lib.OFFICIAL_CLASS_NAMES.get(category)
-  if names is None or len(names) != num_classes:
+  if names is None or len(names) < num_classes:  # unknown category: a class per label id
     names = tuple(f"class_{i}" for i in range(num_classes))
   return dict(support=s.features, support_labels=s.labels, query=q.features, query_labels=q.labels,
               class_names=tuple(names), text=None)
