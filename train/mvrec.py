@@ -108,7 +108,7 @@ class _Backbone:
       if clip_ckpt and not Path(clip_ckpt).expanduser().is_file():
         raise FileNotFoundError(f"--config.alpha_clip.clip_ckpt={clip_ckpt!r} does not exist (OpenAI ViT-L-14.pt, "
                                 "for the text tower; leave it empty to skip zero-shot).")
-      self.model, self.params = alpha_clip.load_alpha_clip(ac.visual_ckpt, clip_ckpt, preset=ac.preset)
+      self.model, self.params = alpha_clip.load_alpha_clip(ac.visual_ckpt, clip_ckpt, preset=ac.preset or None)
       self.tokenizer = None
       if self.model.spec.text is not None:
         try:

@@ -122,3 +122,41 @@ def test_clear_errors(tmp_path):
 def test_cli_default_is_demo():
   assert M.DEFAULT_CONFIG.endswith("configs/mvrec.py:demo")
   assert C.get_config().source == "synthetic" and C.get_config().alpha_clip.preset == "tiny"
+
+
+def _fake_alpha_clip_checkpoint(path, width=64, layers=1, patch=8, image=32, embed=16):
+  """A random AlphaCLIP visual checkpoint in the release's naming (module. prefix, attn.in_proj.*)."""
+  torch = pytest.importorskip("torch")
+  g = torch.Generator().manual_seed(0)
+  r = lambda *s: torch.randn(*s, generator=g) * 0.05
+  n = (image // patch) ** 2 + 1
+  sd = {"class_embedding": r(width), "positional_embedding": r(n, width), "conv1.weight": r(width, 3, patch, patch),
+        "conv1_alpha.weight": r(width, 1, patch, patch), "ln_pre.weight": 1 + r(width), "ln_pre.bias": r(width),
+        "ln_post.weight": 1 + r(width), "ln_post.bias": r(width), "proj": r(width, embed)}
+  for i in range(layers):
+    q = f"transformer.resblocks.{i}."
+    sd.update({q + "attn.in_proj.weight": r(3 * width, width), q + "attn.in_proj.bias": r(3 * width),
+               q + "attn.out_proj.weight": r(width, width), q + "attn.out_proj.bias": r(width),
+               q + "ln_1.weight": 1 + r(width), q + "ln_1.bias": r(width), q + "ln_2.weight": 1 + r(width),
+               q + "ln_2.bias": r(width), q + "mlp.c_fc.weight": r(4 * width, width), q + "mlp.c_fc.bias": r(4 * width),
+               q + "mlp.c_proj.weight": r(width, 4 * width), q + "mlp.c_proj.bias": r(width)})
+  torch.save({"module." + k: v for k, v in sd.items()}, path)
+  return path
+
+
+def test_mvtec_fs_preset_with_a_checkpoint(tmp_path):
+  """The mvtec_fs path: MVTec-FS layout (synthetic), an AlphaCLIP visual checkpoint without text tower."""
+  from mvrec_jax import synthetic
+  root = synthetic.make_dataset(tmp_path / "mvtec", categories=("disc",), image_size=64, n_train=2, n_valid=1)
+  c = C.get_config("mvtec_fs")
+  c.data_root = str(root)
+  c.categories = ("disc",)
+  c.alpha_clip.preset = ""
+  c.alpha_clip.visual_ckpt = str(_fake_alpha_clip_checkpoint(tmp_path / "alpha.pth"))
+  c.views.crop_sizes, c.views.resize = (16.0, 24.0, 32.0), (32,)
+  c.protocol.shots, c.protocol.seeds, c.protocol.num_devices = (1,), (0,), 1
+  c.protocol.classifiers = ("zero_shot", "zip_adapter")
+  res = M.train_and_evaluate(c, str(tmp_path / "run"))
+  cat = res["categories"]["disc"]
+  assert cat["feature_shape"] == [27, 16] and cat["num_support"] == 10 and cat["num_query"] == 5
+  assert set(cat["accuracy"]) == {"zip_adapter"}  # no text tower -> zero-shot skipped

@@ -52,7 +52,7 @@ def _base() -> ml_collections.ConfigDict:
   c.views.batch_size = 8          # instances per jitted AlphaCLIP call (x 27 views)
 
   c.alpha_clip = ml_collections.ConfigDict()
-  c.alpha_clip.preset = "ViT-L/14"  # ViT-B/16 | ViT-L/14 | ViT-L/14@336 | tiny
+  c.alpha_clip.preset = "ViT-L/14"  # ViT-B/16 | ViT-L/14 | ViT-L/14@336 | tiny (random) | "" (any checkpoint)
   c.alpha_clip.visual_ckpt = ""   # AlphaCLIP visual .pth
   c.alpha_clip.clip_ckpt = ""     # optional OpenAI CLIP .pt (text tower, for zero-shot prompts)
   c.alpha_clip.tokenizer = "openai/clip-vit-large-patch14"  # HF tokenizer (local dir or cached id)
