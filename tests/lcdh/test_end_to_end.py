@@ -44,8 +44,9 @@ def test_tiny_demo_beats_random_and_resumes(tmp_path, capsys):
     saved = json.load(f)
   assert saved["bits"]["16"]["final"]["db_size"] == 300
   from train.checkpoint import Checkpointer
+  c_steps = tiny_config().student.steps_per_round
   ck = Checkpointer(os.path.join(wd, "K16", "student"))
-  assert ck.latest_step() == 3 * 40  # one checkpoint per finished round
+  assert ck.latest_step() == 3 * c_steps  # one checkpoint per finished round
   ck.close()
 
 

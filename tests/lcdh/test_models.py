@@ -12,7 +12,7 @@ def test_teacher_shapes_and_modality_codes():
   r = np.random.default_rng(0)
   img = jnp.asarray(r.normal(size=(5, 24)), jnp.float32)
   txt = jnp.asarray(r.normal(size=(5, 20)), jnp.float32)
-  params = jax.jit(t.init)(jax.random.key(0), img, txt)
+  params = jax.jit(t.init)(jax.random.key(0, impl="rbg"), img, txt)
   out = jax.jit(t.apply)(params, img, txt)
   assert set(out) == {"fused", "image", "text"}
   for v in out.values():
@@ -34,29 +34,35 @@ def test_student_shapes():
   s = models.Student(bits=32, cnn_widths=(8, 16), text_hidden=16, image_hidden=16)
   imgs = jnp.zeros((3, 32, 32, 3))
   bow = jnp.ones((3, 40))
-  params = jax.jit(s.init)(jax.random.key(1), imgs, bow)
+  params = jax.jit(s.init)(jax.random.key(1, impl="rbg"), imgs, bow)
   out = jax.jit(s.apply)(params, imgs, bow)
   assert out["image"].shape == (3, 32) and out["text"].shape == (3, 32)
   with pytest.raises(ValueError, match="NHWC"):
     s.apply(params, jnp.zeros((3, 32, 32)), bow)
   with pytest.raises(ValueError, match="image_backbone"):
-    jax.eval_shape(models.Student(bits=8, image_backbone="resnet").init, jax.random.key(0), imgs,
-                   bow)
+    jax.eval_shape(models.Student(bits=8, image_backbone="resnet").init,
+                   jax.random.key(0, impl="rbg"), imgs, bow)
 
 
 def test_student_vgg16_option_loads_backbone_params():
+  """VGG16 params from backbones_jax.vgg slot into the student tree with the shapes it expects."""
   from backbones_jax import vgg as vgg_lib
   s = models.Student(bits=16, image_backbone="vgg16", vgg_width_divisor=16, text_hidden=8,
                      image_hidden=8)
-  imgs = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  imgs = jnp.zeros((2, 32, 32, 3), jnp.float32)
   bow = jnp.ones((2, 10))
-  params = jax.jit(s.init)(jax.random.key(0), imgs, bow)["params"]
+  abstract = jax.eval_shape(s.init, jax.random.key(0, impl="rbg"), imgs, bow)["params"]
+  params = jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), abstract)
   _, vgg_params = vgg_lib.init_vgg(16, seed=3, width_divisor=16)
   new = models.load_vgg_into_student(params, vgg_params)
   np.testing.assert_array_equal(new["image_net"]["vgg"]["conv1_1"]["kernel"],
                                 vgg_params["conv1_1"]["kernel"])
-  out = jax.jit(s.apply)({"params": new}, imgs, bow)
+  got = jax.tree_util.tree_map(lambda a: (tuple(a.shape), str(a.dtype)), new)
+  want = jax.tree_util.tree_map(lambda a: (tuple(a.shape), str(a.dtype)), abstract)
+  assert got == want
+  out = jax.eval_shape(s.apply, {"params": new}, imgs, bow)
   assert out["image"].shape == (2, 16)
-  small = jax.eval_shape(models.Student(bits=16).init, jax.random.key(0), imgs, bow)["params"]
+  small = jax.eval_shape(models.Student(bits=16).init, jax.random.key(0, impl="rbg"), imgs,
+                         bow)["params"]
   with pytest.raises(ValueError, match="image_backbone='vgg16'"):
     models.load_vgg_into_student(small, vgg_params)

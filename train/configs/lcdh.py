@@ -154,12 +154,12 @@ def tiny() -> ml_collections.ConfigDict:
   c.clip.tiny_projection_dim = 32
   c.clip.batch_size = 120
   c.teacher.width = 32
-  c.teacher.steps = 150
+  c.teacher.steps = 100
   c.teacher.batch_size = 32
   c.student.cnn_widths = (8, 16, 32)
   c.student.image_hidden = 64
   c.student.text_hidden = 64
-  c.student.steps_per_round = 40
+  c.student.steps_per_round = 80
   c.student.batch_size = 32
   c.eval.batch_size = 60
   return c
