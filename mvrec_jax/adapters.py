@@ -197,6 +197,20 @@ def _fused_adamw_step(p, g, m, v, step, *, steps, lr, end_lr, eps, weight_decay,
   return pick(0), pick(1), pick(2)
 
 
+def _fp16_adamw_step(p, g, m, v, step, *, steps, lr, end_lr, eps, weight_decay, b1=0.9, b2=0.999):
+  """torch `_multi_tensor_adamw` on an fp16 parameter: fp16 state, every foreach op rounded to fp16."""
+  r = lambda x: _f16(x, True)
+  t = (step + 1).astype(jnp.float32)
+  lr_t = _cosine_lr(step, steps, lr, end_lr)
+  g = r(g)
+  p = r(p * (1.0 - lr_t * weight_decay))
+  m = r(m + (1.0 - b1) * (g - m))                      # exp_avg.lerp_(grad, 1 - beta1)
+  v = r(r(v * b2) + (1.0 - b2) * g * g)                # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+  denom = r(r(r(jnp.sqrt(v)) / jnp.sqrt(1.0 - b2 ** t)) + eps)
+  p = r(p - (lr_t / (1.0 - b1 ** t)) * m / denom)      # addcdiv_(exp_avg, denom, -step_size)
+  return p, m, v
+
+
 def _zip_f_single(views, labels, *, num_classes, steps, lr, end_lr, eps, weight_decay, beta, tau, precision):
   n, v, d = views.shape
   params = zip_adapter_init(views, labels, num_classes, precision)
@@ -212,10 +226,15 @@ def _zip_f_single(views, labels, *, num_classes, steps, lr, end_lr, eps, weight_
   def step(carry, i):
     p, m, v = carry
     loss, g = jax.value_and_grad(loss_fn)(p)
-    p, m, v = _fused_adamw_step(p, g, m, v, i, steps=steps, lr=lr, end_lr=end_lr, eps=eps,
-                                weight_decay=weight_decay)
-    if precision == "official":  # the official support key is an fp16 nn.Parameter
-      p = {**p, "keys": _f16(p["keys"], True)}
+    kw = dict(steps=steps, lr=lr, end_lr=end_lr, eps=eps, weight_decay=weight_decay)
+    if precision == "official":
+      # The official support key is an fp16 nn.Parameter: torch's foreach AdamW keeps its moments in
+      # fp16 and rounds after every op; the ZIP layer (fp32 parameters) updates in fp32.
+      zp, zm, zv = _fused_adamw_step(p["zip"], g["zip"], m["zip"], v["zip"], i, **kw)
+      kp, km, kv = _fp16_adamw_step(p["keys"], g["keys"], m["keys"], v["keys"], i, **kw)
+      p, m, v = {"keys": kp, "zip": zp}, {"keys": km, "zip": zm}, {"keys": kv, "zip": zv}
+    else:
+      p, m, v = _fused_adamw_step(p, g, m, v, i, **kw)
     return (p, m, v), loss
 
   (params, _, _), losses = jax.lax.scan(step, (params, zeros, zeros), jnp.arange(steps))

@@ -6,7 +6,9 @@ skips otherwise. Asserted:
   5 seeds equal the official log EXACTLY for K = 1, 3, 5, with multi-view fusion and with view 0 only;
 * the same in plain fp32: exact at K = 1 and 3 with multi-view fusion (the required rows);
 * Zip-Adapter-F (beta 1, 500 steps), K = 1 (the cheapest K; the full protocol runs in the
-  benchmark): mean accuracy over the 5 seeds within 0.05 of the official mean, multi-view and view 0.
+  benchmark), precision="official" (incl. the fp16 AdamW state of the fp16 support key): the
+  per-sampling accuracies equal the official log exactly, fused and view 0 (so the means are
+  within the required 0.05).
 """
 import os
 from pathlib import Path
@@ -71,7 +73,8 @@ def test_zip_adapter_f_close_to_official_k1(transistor):
   res = E.evaluate_protocol(s.features, s.labels, q.features, q.labels, 4, classifiers=("zip_adapter_f",),
                             shots=(1,), precision="official", progress=False, devices=jax.local_devices()[:2])
   for mode in ("multi_view", "view0"):
-    got = np.mean(res["zip_adapter_f"][1][mode])
-    want = np.mean(OFFICIAL[("zip_adapter_f", 1, mode)])
-    assert abs(got - want) <= 0.05, (mode, got, want, res["zip_adapter_f"][1][mode])
+    got = res["zip_adapter_f"][1][mode]
+    want = OFFICIAL[("zip_adapter_f", 1, mode)]
+    assert abs(np.mean(got) - np.mean(want)) <= 0.05, (mode, got, want)
+    np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"Zip-Adapter-F K=1 {mode}")
   assert max(res["zip_adapter_f"][1]["final_loss"]) < 0.2  # 500 steps fit the support views
