@@ -23,9 +23,10 @@ instance (27 "mso" context views in MVREC), ``Q`` query instances, ``S`` samplin
 * ``"bfloat16"``: the two big matmuls of Zip-Adapter-F (``x W`` and its weight gradient) take
   bf16 inputs with fp32 accumulation; everything else fp32 (a speed option for CPUs/TPUs).
 * ``"official"``: emulates the official PyTorch run (fp16 feature buffers, ``autocast`` on a
-  GPU, an fp16 support-key parameter): values are rounded to fp16 at the points where the
-  official code holds fp16 tensors. With it the training-free Zip-Adapter reproduces the
-  official per-sampling accuracies exactly (see docs/mvrec.md).
+  GPU, an fp16 support-key parameter whose AdamW state is fp16 too): values are rounded to fp16
+  at the points where the official code holds fp16 tensors. With it the training-free
+  Zip-Adapter and Zip-Adapter-F reproduce the official per-sampling accuracies exactly on the
+  official transistor features (see docs/mvrec.md).
 """
 from __future__ import annotations
 
