@@ -72,38 +72,11 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[data_
 # ------------------------------------------------------------------------------------------- CLIP
 
 
-class _DemoWordTokenizer:
-  """Word-level tokenizer over the captions' own vocabulary (offline demo with a random tiny CLIP).
-
-  ids: [BOS, w_1, ..., w_n, EOS, PAD...] (N, L) int32 and mask (N, L) int32; EOS is the last id.
-  """
-
-  def __init__(self, texts, context_length: int = 16):
-    import re
-    words = sorted({w for t in texts for w in re.findall(r"[a-z0-9]+", t.lower())})
-    self._re = re
-    self.index = {w: i + 3 for i, w in enumerate(words)}  # 0 pad, 1 unk, 2 bos
-    self.vocab_size = len(words) + 4
-    self.eos_token_id = self.vocab_size - 1
-    self.context_length = context_length
-
-  def __call__(self, texts):
-    n, length = len(texts), self.context_length
-    ids = np.zeros((n, length), np.int32)
-    mask = np.zeros((n, length), np.int32)
-    for i, t in enumerate(texts):
-      toks = [2] + [self.index.get(w, 1) for w in self._re.findall(r"[a-z0-9]+", t.lower())]
-      toks = toks[:length - 1] + [self.eos_token_id]
-      ids[i, :len(toks)] = toks
-      mask[i, :len(toks)] = 1
-    return ids, mask
-
-
 def _tokenizer(config, captions):
-  """The tiny demo uses a word tokenizer over the captions; real CLIP its BPE tokenizer."""
-  if config.clip.name == "tiny":
-    return _DemoWordTokenizer(captions, context_length=16)
+  """The tiny demo CLIP uses a word tokenizer over the captions' words; real CLIP its BPE."""
   from backbones_jax import tokenizer as tok_lib
+  if config.clip.name == "tiny":
+    return tok_lib.WordTokenizer.from_texts(list(captions), context_length=16)
   return tok_lib.CLIPTokenizer(config.clip.name)
 
 
@@ -114,7 +87,7 @@ def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
   if config.clip.name == "tiny":
     model_key = (f"tiny-clip-w{config.clip.tiny_width}-l{config.clip.tiny_layers}"
                  f"-s{config.clip.tiny_image_size}-p{config.clip.tiny_projection_dim}"
-                 f"-seed{config.seed}")
+                 f"-wordtok-seed{config.seed}")
   else:
     model_key = config.clip.name
   cache_dir = config.cache_dir or os.path.join(workdir, "features")
