@@ -388,11 +388,37 @@ def plot_map_per_round(results: dict, path: str) -> None:
 # ------------------------------------------------------------------------------------------- main
 
 
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Fail before any training on settings that would only break later."""
+  bits = tuple(config.bits)
+  bad = [b for b in bits if b <= 0 or b % 8]
+  if not bits or bad:
+    raise ValueError(f"config.bits must be positive multiples of 8 (codes are bit-packed for "
+                     f"retrieval); got {bits}. Use e.g. --config.bits=(16,32,64).")
+  for name in ("student.batch_size", "teacher.batch_size"):
+    bs = config[name.split(".")[0]][name.split(".")[1]]
+    if bs <= 0 or bs % num_devices:
+      raise ValueError(f"config.{name}={bs} must be a positive multiple of the {num_devices} "
+                       f"devices the batch is split over.")
+  for name, v in (("stream.chunk_size", config.stream.chunk_size),
+                  ("student.steps_per_round", config.student.steps_per_round),
+                  ("teacher.steps", config.teacher.steps), ("eval.batch_size", config.eval.batch_size)):
+    if v <= 0:
+      raise ValueError(f"config.{name} must be > 0; got {v}.")
+  if config.student.distill_mode not in ("likelihood", "mse"):
+    raise ValueError(f"config.student.distill_mode must be 'likelihood' or 'mse'; got "
+                     f"{config.student.distill_mode!r}.")
+  if config.student.teacher_sim_mode not in ("threshold", "soft"):
+    raise ValueError(f"config.student.teacher_sim_mode must be 'threshold' or 'soft'; got "
+                     f"{config.student.teacher_sim_mode!r}.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the whole pipeline (module docstring) and returns the results dict."""
   t0 = time.time()
-  os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
+  validate_config(config, mesh.devices.size)
+  os.makedirs(workdir, exist_ok=True)
   d, split = prepare_data(config, workdir)
   print(f"data: {d.name}, {len(d)} items, {d.labels.shape[1]} labels, {d.tags.shape[1]}-d tags; "
         f"{split.query.size} queries, {split.database.size} database, {split.train.size} "

@@ -69,3 +69,15 @@ def test_presets_and_unknown_preset():
   assert lcdh_config.get_config("coco").split.num_query == 5000
   with pytest.raises(ValueError, match="Valid presets"):
     lcdh_config.get_config("imagenet")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("bits", (12,), "multiples of 8"),
+    ("student.batch_size", 30, "multiple of the"),
+    ("stream.chunk_size", 0, "chunk_size must be > 0"),
+    ("student.distill_mode", "kl", "distill_mode"),
+])
+def test_bad_config_fails_before_training(tmp_path, key, value, match):
+  with pytest.raises(ValueError, match=match):
+    lcdh.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
