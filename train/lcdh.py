@@ -51,7 +51,12 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[data_
   """Dataset (generated for ``synthetic``) and its seeded DCMH split."""
   if config.dataset == "synthetic":
     root = Path(config.data_root or os.path.join(workdir, "data"))
-    if not (root / "synthetic.mat").exists():
+    d = data_lib.load_dataset("synthetic", root) if (root / "synthetic.mat").exists() else None
+    if d is not None and len(d) != config.synthetic.num_samples:
+      raise ValueError(f"{root / 'synthetic.mat'} holds {len(d)} items but "
+                       f"synthetic.num_samples={config.synthetic.num_samples}; use a fresh "
+                       f"--workdir (or data_root) for a different synthetic set.")
+    if d is None:
       syn = synthetic.make_synthetic(num_samples=config.synthetic.num_samples,
                                      image_size=config.synthetic.image_size, seed=config.seed,
                                      max_objects=config.synthetic.max_objects)
@@ -59,8 +64,6 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[data_
         synthetic.write_mat(syn, root, name="synthetic", layout="arrays")
       d = data_lib.CrossModalData(name="synthetic", images=syn.images, tags=syn.tags,
                                   labels=syn.labels.astype(np.float32), captions=syn.captions)
-    else:
-      d = data_lib.load_dataset("synthetic", root)
   else:
     root = config.data_root or os.path.join("data", config.dataset)
     d = data_lib.load_dataset(config.dataset, root)

@@ -44,10 +44,18 @@ def test_tiny_demo_beats_random_and_resumes(tmp_path, capsys):
     saved = json.load(f)
   assert saved["bits"]["16"]["final"]["db_size"] == 300
   from train.checkpoint import Checkpointer
-  c_steps = tiny_config().student.steps_per_round
+  cfg = tiny_config()
   ck = Checkpointer(os.path.join(wd, "K16", "student"))
-  assert ck.latest_step() == 3 * c_steps  # one checkpoint per finished round
+  assert ck.latest_step() == 3 * cfg.student.steps_per_round  # one checkpoint per finished round
+  d, split = lcdh.prepare_data(cfg, wd)
+  _, template = lcdh.build_student(cfg, 16, d.tags.shape[1])
+  _, extra = ck.restore(template)
   ck.close()
+  db = np.asarray(extra["db_indices"])
+  assert len(db) == len(set(db)) == 300
+  assert not set(db) & set(split.query)                      # queries never enter the database
+  np.testing.assert_array_equal(np.sort(db), np.sort(split.database))
+  assert set(np.unique(extra["db_image_codes"])) <= {-1, 1}
 
 
 def test_missing_dataset_and_vgg_weights_fail_clearly(tmp_path):
