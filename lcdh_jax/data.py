@@ -14,8 +14,10 @@ Two on-disk layouts are read (auto-detected under a dataset ``root``):
    ``caption`` (N,) cell of str, optional      captions / tag strings for the CLIP text tower
    ========== ================================ =========================================
 
-   DCMH's own release is MATLAB v7.3 (HDF5, keys ``images`` (N,3,224,224 after transpose),
-   ``YAll``, ``LAll``): it is read when ``h5py`` is installed, otherwise a clear error says so.
+   DCMH's own release is MATLAB v7.3 (HDF5, keys ``images`` (224, 224, 3, N) in MATLAB order,
+   ``YAll``, ``LAll``): it is read when ``h5py`` is installed (axes reversed to MATLAB order, then
+   images moved to NHWC), otherwise a clear error says so. MATLAB-order (H, W, 3, N) and NCHW
+   image arrays are moved to NHWC in every case.
 
 2. **paths** (DCHMT / MITH style; also the "raw image folder" reader): images on disk, and
 
@@ -207,8 +209,10 @@ def read_arrays_mat(path: str | os.PathLike, name: str = "dataset") -> CrossModa
   images = np.asarray(m[img_key])
   labels = np.asarray(m["LAll"], np.float32)
   tags = np.asarray(m["YAll"], np.float32)
-  if images.ndim == 4 and images.shape[-1] != 3 and images.shape[1] == 3:
-    images = images.transpose(0, 2, 3, 1)  # NCHW -> NHWC (DCMH HDF5 release)
+  if images.ndim == 4 and images.shape[-1] != 3 and images.shape[2] == 3:
+    images = images.transpose(3, 0, 1, 2)  # MATLAB H x W x 3 x N (DCMH's own files) -> NHWC
+  elif images.ndim == 4 and images.shape[-1] != 3 and images.shape[1] == 3:
+    images = images.transpose(0, 2, 3, 1)  # NCHW -> NHWC
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f"{path}: {img_key} must be (N, H, W, 3); got {images.shape}.")
   if images.dtype != np.uint8:

@@ -107,3 +107,12 @@ def test_grain_pipeline_is_deterministic(tiny):
   # One epoch covers every index exactly once.
   seen = np.concatenate([ds[i]["index"] for i in range(4)])
   assert sorted(seen) == list(idx)
+
+
+def test_matlab_order_images_are_moved_to_nhwc(tmp_path):
+  r = np.random.default_rng(1)
+  nhwc = r.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
+  scipy.io.savemat(tmp_path / "nuswide.mat", {"images": nhwc.transpose(1, 2, 3, 0),  # H,W,3,N
+                                              "YAll": np.zeros((5, 4)), "LAll": np.eye(5)})
+  d = data.load_dataset("nuswide", tmp_path)
+  np.testing.assert_array_equal(d.images, nhwc)
