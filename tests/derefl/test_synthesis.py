@@ -63,7 +63,7 @@ def test_dsrnet_parameter_statistics(many_draws):
 
 def test_dsrnet_blend_formulas(pairs):
     t, r = pairs
-    out = synthesis.synthesize_batch(jax.random.key(3), t, r)
+    out = jax.jit(synthesis.synthesize_batch)(jax.random.key(3), t, r)
     for i in range(t.shape[0]):
         a, b = float(out["alpha"][i]), float(out["beta"][i])
         rb = np.asarray(out["reflection"][i])
@@ -87,7 +87,8 @@ def test_outputs_in_unit_range_and_both_branches(pairs):
     # bright inputs force the additive branch to overflow
     bright = np.clip(t * 0.3 + 0.7, 0, 1)
     for screen_prob in (0.0, 1.0):
-        out = synthesis.synthesize_batch(jax.random.key(5), bright, bright, screen_prob=screen_prob)
+        out = jax.jit(lambda k: synthesis.synthesize_batch(k, bright, bright, screen_prob=screen_prob))(
+            jax.random.key(5))
         assert bool(np.all(np.asarray(out["screen"]) == bool(screen_prob)))
         for name in ("blended", "transmission", "reflection"):
             v = np.asarray(out[name])
@@ -137,7 +138,7 @@ def test_jit_vmap_and_determinism(pairs):
     assert not np.allclose(np.asarray(a["blended"]), np.asarray(c["blended"]))
     # vmap == per-sample calls with the same keys
     keys = jax.random.split(jax.random.key(9), t.shape[0])
-    one = synthesis.dsrnet_synthesis(keys[2], t[2], r[2])
+    one = jax.jit(synthesis.dsrnet_synthesis)(keys[2], t[2], r[2])
     np.testing.assert_allclose(np.asarray(a["blended"][2]), np.asarray(one["blended"]), atol=1e-6)
 
 

@@ -1,0 +1,355 @@
+"""Reflection removal end to end: train the inter-layer-complementarity network, evaluate, report.
+
+    python -m train.derefl                                   # demo preset, offline, a few CPU minutes
+    python -m train.derefl --config=train/configs/derefl.py:paper \
+        --config.data.root=/data/reflection --config.vgg_weights=/weights/vgg19-dcbb9e9d.pth
+
+The run
+
+1. builds the model (``derefl_jax.models``; preset and overrides in ``config.model``) and its
+   frozen VGG19 (torchvision weights from ``config.vgg_weights``; random for the demo);
+2. trains with ``train.loop.fit``: each host batch holds raw T/R layers (synthetic rows) or real
+   (I, T) pairs; the reflection recipe (``derefl_jax.synthesis``) runs inside the jitted step with
+   the step's key, so data are a pure function of (seed, step) and resumes are exact;
+3. evaluates on the test sets under the papers' protocol (resize to multiples of 32, clip,
+   x255, per-channel PSNR/SSIM, ``derefl_jax.metrics``) for the model and for the identity
+   baseline (the input itself), prints the table, writes ``results.json`` and image grids
+   ``grids/<set>.png`` (input | T̂ | R̂ | ground-truth T).
+
+Workdir layout (read by ``derefl_jax.predict`` with Orbax, without importing ``train``)::
+
+    <workdir>/config.json                 the resolved config
+    <workdir>/model.json                  {"preset": ..., "fields": {...}}: rebuilds the model
+    <workdir>/checkpoints/<step>/state/   TrainState: step, params (trainable), opt_state, rng,
+                                          frozen = {"vgg": VGG19 params}
+    <workdir>/metrics.jsonl, tensorboard/ training logs
+    <workdir>/results.json, grids/*.png   evaluation
+
+Rerunning with the same ``--workdir`` resumes from the latest checkpoint; ``--config.num_steps``
+equal to the checkpoint's step only evaluates.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from derefl_jax import data as data_lib
+from derefl_jax import demo_data, losses, metrics, models, synthesis
+from derefl_jax import predict as predict_lib
+from train import cli, parallel
+from train.checkpoint import Checkpointer
+from train.loop import fit
+from train.metric_writer import progress, save_json
+from train.state import TrainState
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "derefl.py") + ":demo"
+MODEL_FILE = "model.json"
+
+
+# ------------------------------------------------------------------------------------------- model
+def model_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{"preset", "fields"}: the model preset and the non-None field overrides of ``config.model``."""
+  fields = {k: v for k, v in config.model.to_dict().items() if k != "preset" and v is not None}
+  for k in ("enc_blocks", "dec_blocks"):
+    if k in fields:
+      fields[k] = list(fields[k]) if isinstance(fields[k], (list, tuple)) else [int(fields[k])]
+  return {"preset": config.model.preset, "fields": fields}
+
+
+def build(config: ml_collections.ConfigDict) -> models.ReflectionRemovalNet:
+  spec = model_spec(config)
+  return models.build_model(spec["preset"], **spec["fields"])
+
+
+def _check_paper_inputs(config: ml_collections.ConfigDict, model: models.ReflectionRemovalNet) -> None:
+  """Clear errors for the files a non-demo run needs, before anything is compiled."""
+  if config.data.source == "demo":
+    return
+  if not config.data.root:
+    raise FileNotFoundError(
+        "This preset trains on the reflection-removal datasets: pass --config.data.root=DIR with the layout\n"
+        f"{data_lib.LAYOUT}\nor run the offline demo: python -m train.derefl")
+  if not Path(config.data.root).is_dir():
+    raise FileNotFoundError(f"--config.data.root={config.data.root} is not a directory. Expected layout:\n"
+                            f"{data_lib.LAYOUT}")
+  needs_vgg = model.use_prior or float(config.loss.vgg) > 0
+  if needs_vgg and not config.vgg_weights:
+    raise FileNotFoundError(
+        "This preset needs torchvision's VGG19 weights (frozen prior and perceptual loss): download "
+        "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth and pass --config.vgg_weights=PATH.")
+  if needs_vgg and not Path(config.vgg_weights).is_file():
+    raise FileNotFoundError(f"--config.vgg_weights={config.vgg_weights} does not exist (expected torchvision's "
+                            "vgg19-dcbb9e9d.pth or another VGG19 state dict).")
+
+
+def zero_init_head(trainable: Mapping[str, Any]) -> dict:
+  """Zeroes the shared output conv ('ending'): T = I (t_residual) and R_low = 0 at step 0.
+
+  The network then starts exactly at the identity baseline and training only has to improve on
+  it; with a random head the first hundreds of steps go to undoing the head's noise.
+  """
+  if "ending" not in trainable:
+    raise ValueError("zero_init_head: the model has no 'ending' conv; set --config.zero_init_head=false.")
+  out = dict(trainable)
+  out["ending"] = jax.tree.map(jnp.zeros_like, trainable["ending"])
+  return out
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  o = config.optim
+  if o.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, o.lr, max(1, o.warmup_steps), max(o.warmup_steps + 1, config.num_steps),
+                                            end_value=o.lr * 0.01)
+  elif o.schedule == "constant":
+    lr = optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), optax.constant_schedule(o.lr)],
+                              [o.warmup_steps]) if o.warmup_steps else o.lr
+  else:
+    raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}.")
+  adam = optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay) if o.weight_decay else optax.adam(lr, b1=o.b1, b2=o.b2)
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip), adam) if o.grad_clip else adam
+
+
+# ------------------------------------------------------------------------------------------- step
+def _synthesis_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  s = config.synthesis
+  if s.recipe == "dsrnet":
+    return {"recipe": "dsrnet", "pad_mode": s.pad_mode, "screen_prob": float(s.screen_prob)}
+  if s.recipe == "zhang":
+    return {"recipe": "zhang"}
+  raise ValueError(f"synthesis.recipe must be 'dsrnet' or 'zhang', got {s.recipe!r}.")
+
+
+def make_inputs(batch: Mapping[str, jax.Array], rng: jax.Array, syn_kwargs: Mapping[str, Any]
+                ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Host batch -> (I, T, R, has_R): synthetic rows mixed on the device, real rows passed through."""
+  syn = synthesis.synthesize_batch(rng, batch["t"], batch["r"], **syn_kwargs)
+  m = batch["synthetic"][:, None, None, None]
+  inputs = jnp.where(m, syn["blended"], batch["blended"])
+  target_r = jnp.where(m, syn["reflection"], batch["r"])
+  return inputs, batch["t"], target_r, batch["synthetic"].astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
+               model: models.ReflectionRemovalNet, loss_config: Mapping[str, Any], vgg_apply,
+               syn_kwargs: Mapping[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One Adam step on a batch: synthesis on the device, forward, ``losses.total_loss``, update."""
+  syn_key, _ = jax.random.split(rng)
+  inputs, target_t, target_r, has_r = make_inputs(batch, syn_key, syn_kwargs)
+  vgg_params = state.frozen.get("vgg") if vgg_apply is not None else None
+
+  def loss_fn(params):
+    out, _ = model.apply({"params": models.merge_params(params, state.frozen)}, inputs)
+    loss, terms = losses.total_loss(out=out, inputs=inputs, target_t=target_t, target_r=target_r, r_mask=has_r,
+                                    vgg_apply=vgg_apply, vgg_params=vgg_params, config=loss_config)
+    return loss, (terms, out["T"])
+
+  (_, (terms, pred_t)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads)
+  mse = jnp.mean(jnp.square(jnp.clip(pred_t, 0, 1) - target_t))
+  mse_id = jnp.mean(jnp.square(inputs - target_t))
+  terms = dict(terms)
+  terms["train_psnr_T"] = 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
+  terms["train_psnr_identity"] = 10.0 * jnp.log10(1.0 / jnp.maximum(mse_id, 1e-10))
+  terms["grad_norm"] = optax.tree.norm(grads)
+  return state, terms
+
+
+# ------------------------------------------------------------------------------------------- eval
+def _pad32(x: np.ndarray, mult: int) -> tuple[np.ndarray, tuple[int, int]]:
+  h, w = x.shape[1:3]
+  ph, pw = -h % mult, -w % mult
+  if ph or pw:
+    x = np.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="reflect")
+  return x, (h, w)
+
+
+def evaluate_arrays(fwd, params, inputs: np.ndarray, target_t: np.ndarray, *, batch_size: int, mult: int
+                    ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+  """Same-size arrays (N, H, W, 3) -> ({psnr, ssim, identity_psnr, identity_ssim}, T̂, R̂)."""
+  ts, rs = [], []
+  for i in range(0, len(inputs), batch_size):
+    chunk = inputs[i:i + batch_size]
+    n = len(chunk)
+    if n < batch_size:  # one compiled shape
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - n, 0)])
+    padded, (h, w) = _pad32(chunk, mult)
+    t, r = fwd(params, padded)
+    ts.append(np.asarray(t)[:n, :h, :w])
+    rs.append(np.asarray(r)[:n, :h, :w])
+  pred_t, pred_r = np.concatenate(ts), np.concatenate(rs)
+  res = {"psnr": float(metrics.psnr(pred_t, target_t)), "ssim": float(metrics.ssim(pred_t, target_t)),
+         "identity_psnr": float(metrics.psnr(inputs, target_t)), "identity_ssim": float(metrics.ssim(inputs, target_t)),
+         "num_images": int(len(inputs))}
+  return res, pred_t, pred_r
+
+
+def evaluate_folder(fwd, params, folder: data_lib.PairedFolder, *, mult: int, keep: int
+                    ) -> tuple[dict[str, float], list[tuple[np.ndarray, ...]]]:
+  """A test set of varied sizes, image by image (each aligned to 32 px as in the papers)."""
+  p, s, ip, iss = [], [], [], []
+  kept = []
+  for i in progress(len(folder), desc=f"eval {folder.name}"):
+    pair = folder.load(i, multiple=32)
+    x, gt = pair["input"][None], pair["T"][None]
+    padded, (h, w) = _pad32(x, mult)
+    t, r = fwd(params, padded)
+    t, r = np.asarray(t)[:, :h, :w], np.asarray(r)[:, :h, :w]
+    p.append(float(metrics.psnr(t, gt))); s.append(float(metrics.ssim(t, gt)))
+    ip.append(float(metrics.psnr(x, gt))); iss.append(float(metrics.ssim(x, gt)))
+    if len(kept) < keep:
+      kept.append((x[0], t[0], r[0], gt[0]))
+  res = {"psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "identity_psnr": float(np.mean(ip)),
+         "identity_ssim": float(np.mean(iss)), "num_images": len(folder)}
+  return res, kept
+
+
+def save_grid(path: str, rows: list[tuple[np.ndarray, ...]], title: str) -> None:
+  """PNG grid, one row per sample: input | T̂ | R̂ | ground-truth T."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  if not rows:
+    return
+  cols = ("input", "T (pred)", "R (pred)", "T (ground truth)")
+  fig, axes = plt.subplots(len(rows), 4, figsize=(4 * 2.4, len(rows) * 2.4), squeeze=False)
+  for i, row in enumerate(rows):
+    for j, img in enumerate(row):
+      ax = axes[i, j]
+      ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+      ax.set_xticks([]); ax.set_yticks([])
+      if i == 0:
+        ax.set_title(cols[j], fontsize=9)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
+  lines = [f"{'test set':<12} {'n':>5}  {'PSNR':>7} {'SSIM':>7}   {'identity PSNR':>13} {'SSIM':>7}",
+           "-" * 60]
+  for name, r in results.items():
+    lines.append(f"{name:<12} {r['num_images']:>5}  {r['psnr']:>7.2f} {r['ssim']:>7.4f}   "
+                 f"{r['identity_psnr']:>13.2f} {r['identity_ssim']:>7.4f}")
+  return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- main
+def _batch_fn(config: ml_collections.ConfigDict, mesh) -> Any:
+  d = config.data
+  if d.source == "demo":
+    local_bs = parallel.local_batch_size(config.data.batch_size, mesh)
+    return demo_data.DemoSampler(batch_size=local_bs, crop=d.crop, pool_size=d.pool_size, seed=config.seed,
+                                 process_index=jax.process_index())
+  if d.source != "files":
+    raise ValueError(f"data.source must be 'demo' or 'files', got {d.source!r}.")
+  root = Path(d.root)
+  voc, real = [], []
+  weights = {}
+  if d.weights_synthetic > 0:
+    voc = data_lib.voc_images(root)
+    weights["synthetic"] = d.weights_synthetic
+  for name, w in (("real", d.weights_real), ("nature", d.weights_nature)):
+    if w > 0:
+      real.append(data_lib.paired_folder(root / "train" / name, name=name))
+      weights[name] = w
+  local_bs = parallel.local_batch_size(config.data.batch_size, mesh)  # after the layout checks
+  return data_lib.TrainSampler(voc=voc, real=real, weights=weights, batch_size=local_bs, crop=d.crop,
+                               scale_range=(d.scale_min, d.scale_max), seed=config.seed,
+                               process_index=jax.process_index(), num_workers=d.num_workers)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes), evaluates, writes results; returns the results dict."""
+  t_start = time.time()
+  model = build(config)
+  _check_paper_inputs(config, model)
+  loss_config = {k: v for k, v in config.loss.to_dict().items()}
+  syn_kwargs = _synthesis_kwargs(config)
+  mesh = parallel.make_mesh()
+  batch_fn = _batch_fn(config, mesh)  # file layout errors surface here, before compiling
+  if config.data.source == "files":
+    test_folders = data_lib.test_sets(config.data.root, list(config.data.test_sets))
+  os.makedirs(workdir, exist_ok=True)
+  if parallel.is_main_process():
+    with open(os.path.join(workdir, MODEL_FILE), "w") as f:
+      json.dump(model_spec(config), f, indent=2)
+
+  trainable, frozen = models.init_params(model, int(config.seed), vgg_weights=config.vgg_weights or None)
+  if config.zero_init_head:
+    trainable = zero_init_head(trainable)
+  n_params = models.param_count(trainable)
+  print(f"model preset {config.model.preset}: {n_params:,} trainable parameters, "
+        f"{models.param_count(frozen):,} frozen (VGG19{' random' if not config.vgg_weights else ''}); "
+        f"{len(mesh.devices.flat)} device(s), global batch {config.data.batch_size}")
+  state = TrainState.create(params=trainable, tx=make_optimizer(config), rng=jax.random.PRNGKey(config.seed + 1),
+                            frozen=frozen)
+  vgg_apply = models.perceptual_vgg_apply(model) if float(config.loss.vgg) > 0 else None
+  step = functools.partial(train_step, model=model, loss_config=loss_config, vgg_apply=vgg_apply,
+                           syn_kwargs=syn_kwargs)
+  ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep, every_steps=config.checkpoint.every_steps)
+  t_train = time.time()
+  state = fit(state=state, train_step=step, batch_fn=batch_fn, num_steps=config.num_steps, workdir=workdir,
+              mesh=mesh, checkpointer=ckpt, checkpoint_every=config.checkpoint.every_steps,
+              log_every=config.log_every_steps, desc="train derefl")
+  ckpt.close()
+  train_seconds = time.time() - t_train
+
+  # ---- evaluation (host copy of the params, default device)
+  params = jax.device_get(models.merge_params(state.params, state.frozen))
+  fwd = predict_lib.make_forward(model)  # shared with derefl_jax.predict (same compiled functions)
+  mult = 2 ** len(model.enc_blocks)
+  results, grids = {}, {}
+  rows = int(config.eval.grid_rows)
+  if config.data.source == "demo":
+    ev = demo_data.demo_eval_set(num_pairs=config.data.eval_pairs, crop=config.data.eval_crop, seed=config.seed,
+                                 recipe=config.synthesis.recipe)
+    res, pt, pr = evaluate_arrays(fwd, params, ev["input"], ev["T"], batch_size=config.eval.batch_size, mult=mult)
+    results["demo"] = res
+    grids["demo"] = [(ev["input"][i], pt[i], pr[i], ev["T"][i]) for i in range(min(rows, len(pt)))]
+  else:
+    for name, folder in test_folders.items():
+      results[name], grids[name] = evaluate_folder(fwd, params, folder, mult=mult, keep=rows)
+  table = format_table(results)
+  summary = {
+      "preset": config.get("preset", ""), "model_preset": config.model.preset, "trainable_params": n_params,
+      "steps": int(jax.device_get(state.step)), "train_seconds": round(train_seconds, 1),
+      "total_seconds": round(time.time() - t_start, 1), "devices": len(mesh.devices.flat),
+      "test_sets": results,
+      "beats_identity": {k: bool(v["psnr"] > v["identity_psnr"] and v["ssim"] > v["identity_ssim"])
+                         for k, v in results.items()},
+  }
+  if parallel.is_main_process():
+    for name, g in grids.items():
+      save_grid(os.path.join(workdir, "grids", f"{name}.png"), g, f"{name}: input | T̂ | R̂ | GT T")
+    save_json(os.path.join(workdir, "results.json"), summary)
+    print("\nPSNR/SSIM of the transmission layer (papers' protocol) vs the identity baseline:")
+    print(table)
+    for name, ok in summary["beats_identity"].items():
+      print(f"{name}: model {'beats' if ok else 'does NOT beat'} the identity baseline")
+    print(f"results: {os.path.join(workdir, 'results.json')}; grids: {os.path.join(workdir, 'grids')}; "
+          f"total {summary['total_seconds']:.0f} s")
+  return summary
+
+
+def main(argv=None):
+  return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv)
+
+
+if __name__ == "__main__":
+  try:
+    main()
+  except (FileNotFoundError, data_lib.ImageReadError) as e:
+    raise SystemExit(f"error: {e}") from None
