@@ -36,7 +36,6 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 __all__ = [
