@@ -256,7 +256,7 @@ def save_confusion_png(confusions: dict, class_names, path: str, title: str) -> 
 
   ks = list(confusions)
   c = len(class_names)
-  fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks) + 1, 3.4 + 0.1 * c), squeeze=False)
+  fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks) + 1, 4.0 + 0.12 * c), squeeze=False)
   for ax, k in zip(axes[0], ks):
     cm = np.asarray(confusions[k])
     ax.imshow(cm, cmap="Blues")
