@@ -3,10 +3,10 @@
 Run commands (a rerun with the same --workdir resumes the stream after the last finished round):
 
   # demo (default): fully offline; synthetic shapes/tags data generated into the workdir, a tiny
-  # random CLIP, small CNN student, 16/32 bits, 4 rounds; ~2 min on a 2-core CPU.
+  # random CLIP, small CNN student, 16/32 bits, 4 rounds; ~2-3 min on a 2-core CPU.
   python -m train.lcdh
   python -m train.lcdh --config=train/configs/lcdh.py:demo --workdir=runs/lcdh_demo
-  python -m train.lcdh --config=train/configs/lcdh.py:tiny   # ~30 s smoke run (tests, notebook)
+  python -m train.lcdh --config=train/configs/lcdh.py:tiny   # ~45 s smoke run (tests, notebook)
 
   # real benchmarks (GPU/TPU). Data under data_root in the DCMH or DCHMT .mat layout (see
   # docs/lcdh.md and lcdh_jax/data.py); CLIP = Hugging Face hub id or local dir; VGG16 = a
