@@ -295,8 +295,14 @@ def run_stream(config, bits: int, d: data_lib.CrossModalData, split: data_lib.Sp
                                   seed=config.seed * 100003 + r, image_size=sc.image_size)
       bar = progress(steps, desc=f"student K={bits} round {r + 1}/{len(chunks)}")
       losses = []
+      # The round's batches ds[0..steps) read ahead by threads (image decoding releases the GIL);
+      # the same batches as random access, so a redone round sees exactly the same data.
+      import grain
+      threads = max(1, sc.data_threads)
+      batches = iter(ds[0:steps].to_iter_dataset(
+          grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
       for s in range(steps):
-        b = ds[s]
+        b = next(batches)
         batch = {"image": b["image"], "bow": b["bow"], "labels": b["labels"],
                  "teacher": teacher_out["fused"][b["index"]]}
         gstep = r * steps + s

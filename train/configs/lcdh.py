@@ -84,6 +84,7 @@ def _base() -> ml_collections.ConfigDict:
   c.student.text_hidden = 512
   c.student.steps_per_round = 500
   c.student.batch_size = 64
+  c.student.data_threads = 8       # grain read-ahead threads (image decoding)
   c.student.lr = 1e-4
   c.student.backbone_lr_mult = 0.1  # VGG/CNN backbone learning-rate multiplier
   c.student.weight_decay = 1e-4
@@ -133,6 +134,7 @@ def demo() -> ml_collections.ConfigDict:
   c.student.text_hidden = 128
   c.student.steps_per_round = 100
   c.student.batch_size = 64
+  c.student.data_threads = 2
   c.student.lr = 3e-3
   c.student.backbone_lr_mult = 1.0
   c.eval.batch_size = 100
