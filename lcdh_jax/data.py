@@ -138,6 +138,7 @@ def _strings(x) -> list[str]:
 
 
 def _missing_message(name: str, root: Path) -> str:
+  root = Path(root).absolute()
   spec = DATASETS.get(name)
   names = ", ".join(spec.mat_names) if spec else f"{name}.mat"
   hint = f" Source: {spec.url_hint}." if spec else ""

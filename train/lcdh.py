@@ -398,27 +398,28 @@ def plot_map_per_round(results: dict, path: str) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-  """Fail before any training on settings that would only break later."""
+  """Fail before any training on settings that would only break later (``ConfigError``)."""
+  from train.config_lib import ConfigError  # a ValueError: `main` turns it into a clean exit
   bits = tuple(config.bits)
   bad = [b for b in bits if b <= 0 or b % 8]
   if not bits or bad:
-    raise ValueError(f"config.bits must be positive multiples of 8 (codes are bit-packed for "
+    raise ConfigError(f"config.bits must be positive multiples of 8 (codes are bit-packed for "
                      f"retrieval); got {bits}. Use e.g. --config.bits=(16,32,64).")
   for name in ("student.batch_size", "teacher.batch_size"):
     bs = config[name.split(".")[0]][name.split(".")[1]]
     if bs <= 0 or bs % num_devices:
-      raise ValueError(f"config.{name}={bs} must be a positive multiple of the {num_devices} "
+      raise ConfigError(f"config.{name}={bs} must be a positive multiple of the {num_devices} "
                        f"devices the batch is split over.")
   for name, v in (("stream.chunk_size", config.stream.chunk_size),
                   ("student.steps_per_round", config.student.steps_per_round),
                   ("teacher.steps", config.teacher.steps), ("eval.batch_size", config.eval.batch_size)):
     if v <= 0:
-      raise ValueError(f"config.{name} must be > 0; got {v}.")
+      raise ConfigError(f"config.{name} must be > 0; got {v}.")
   if config.student.distill_mode not in ("likelihood", "mse"):
-    raise ValueError(f"config.student.distill_mode must be 'likelihood' or 'mse'; got "
+    raise ConfigError(f"config.student.distill_mode must be 'likelihood' or 'mse'; got "
                      f"{config.student.distill_mode!r}.")
   if config.student.teacher_sim_mode not in ("threshold", "soft"):
-    raise ValueError(f"config.student.teacher_sim_mode must be 'threshold' or 'soft'; got "
+    raise ConfigError(f"config.student.teacher_sim_mode must be 'threshold' or 'soft'; got "
                      f"{config.student.teacher_sim_mode!r}.")
 
 
@@ -477,8 +478,12 @@ def main(argv=None):
   # One JAX CPU device computes on about one core: on CPU-only hosts split the batch over 2
   # devices (must be set before the backend starts; an explicit XLA_FLAGS wins).
   os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-  from train import cli
-  return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv)
+  import sys
+  from train import cli, config_lib
+  try:
+    return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv)
+  except (FileNotFoundError, config_lib.ConfigError) as e:  # missing data/weights, bad settings
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
