@@ -29,6 +29,7 @@ def test_notebook_executes(demo_run, tmp_path):
     nb_workdir = tmp_path / "nb_run"
     shutil.copytree(workdir, nb_workdir)
     settings = {"steps": summary["steps"], "batch_size": 8, "crop": 64, "eval_pairs": 8, "flops_size": 64,
+                "flops_presets": ["tiny"],
                 "workdir": str(nb_workdir)}
     nb = nbformat.read(NOTEBOOK, as_version=4)
     env_before = os.environ.get("DEREFL_NOTEBOOK")
