@@ -249,6 +249,19 @@ def _zip_f_batched(views, labels, *, num_classes, steps, lr, end_lr, eps, weight
   return jax.vmap(fn)(views, labels)
 
 
+def _as_sampling_batch(support_views, labels) -> tuple[jax.Array, jax.Array, bool]:
+  """(N, V, D)/(N,) or (S, N, V, D)/(S, N) -> batched arrays and whether the input was one sampling."""
+  support_views = jnp.asarray(support_views)
+  labels = jnp.asarray(labels, jnp.int32)
+  single = support_views.ndim == 3
+  if single:
+    support_views, labels = support_views[None], labels[None]
+  if support_views.ndim != 4 or labels.shape != support_views.shape[:2]:
+    raise ValueError(f"support_views must be (S, N, V, D) and labels (S, N); got {support_views.shape} and "
+                     f"{labels.shape}.")
+  return support_views, labels, single
+
+
 def zip_adapter_f_train(support_views: jax.Array, labels: jax.Array, num_classes: int, *,
                         steps: int = 500, lr: float = 1e-4, end_lr: float = 1e-5, eps: float = 1e-6,
                         weight_decay: float = 0.01, beta: float = BETA_FINETUNE, tau: float = TAU,
@@ -260,14 +273,7 @@ def zip_adapter_f_train(support_views: jax.Array, labels: jax.Array, num_classes
   vmapped, the steps are a `lax.scan`. Arrays placed on a device run there.
   """
   _check_precision(precision)
-  support_views = jnp.asarray(support_views)
-  labels = jnp.asarray(labels, jnp.int32)
-  single = support_views.ndim == 3
-  if single:
-    support_views, labels = support_views[None], labels[None]
-  if support_views.ndim != 4 or labels.shape != support_views.shape[:2]:
-    raise ValueError(f"support_views must be (S, N, V, D) and labels (S, N); got {support_views.shape} and "
-                     f"{labels.shape}.")
+  support_views, labels, single = _as_sampling_batch(support_views, labels)
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}.")
   params, losses = _zip_f_batched(support_views, labels, num_classes=int(num_classes), steps=int(steps),
@@ -347,14 +353,7 @@ def tip_adapter_f_train(support_views: jax.Array, labels: jax.Array, num_classes
                         alpha: float = TIP_ALPHA, beta: float = TIP_BETA,
                         logit_scale: float = CLIP_LOGIT_SCALE) -> tuple[dict[str, Any], jax.Array]:
   """Tip-Adapter-F: trains the cache keys on all views (full batch). (S, N, V, D), (S, N) -> params, losses."""
-  support_views = jnp.asarray(support_views)
-  labels = jnp.asarray(labels, jnp.int32)
-  single = support_views.ndim == 3
-  if single:
-    support_views, labels = support_views[None], labels[None]
-  if support_views.ndim != 4 or labels.shape != support_views.shape[:2]:
-    raise ValueError(f"support_views must be (S, N, V, D) and labels (S, N); got {support_views.shape} and "
-                     f"{labels.shape}.")
+  support_views, labels, single = _as_sampling_batch(support_views, labels)
   d = support_views.shape[-1]
   text = jnp.zeros((num_classes, d), jnp.float32) if text_embeddings is None else jnp.asarray(text_embeddings)
   params, losses = _tip_f_batched(support_views, labels, text, num_classes=int(num_classes), steps=int(steps),
