@@ -147,7 +147,8 @@ def _missing_message(name: str, root: Path) -> str:
           f"LAll (N,C) labels [, caption (N,) str], OR the DCHMT/MITH layout {root}/index.mat "
           f"(key 'index': image paths relative to {root}), {root}/label.mat (key 'category': "
           f"(N,C)), {root}/caption.mat (key 'caption') or caption.txt [, {root}/tag.mat (key "
-          f"'YAll')].{hint} See docs/lcdh.md.")
+          f"'YAll')], OR a raw image folder {root}/images/ with {root}/annotations.csv (columns "
+          f"image,labels,caption; labels ';'-separated) [and {root}/classes.txt].{hint} See docs/lcdh.md.")
 
 
 def _loadmat(path: Path) -> dict:
@@ -259,6 +260,50 @@ def read_paths_layout(root: str | os.PathLike, name: str = "dataset",
   return CrossModalData(name=name, image_paths=full, tags=tags, labels=labels, captions=captions)
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def read_image_folder(root: str | os.PathLike, name: str = "dataset",
+                      max_vocab: int = 2000) -> CrossModalData:
+  """Read a raw image folder: ``images/`` plus ``annotations.csv`` (opt. ``classes.txt``).
+
+  ``annotations.csv`` has a header and the columns ``image`` (path relative to ``images/``),
+  ``labels`` (class names separated by ``;``) and ``caption`` (free text). Classes are the lines
+  of ``classes.txt`` in that order when it exists, else the sorted set of names in the CSV; the
+  tag BoW is built from the captions (``bow_from_captions``).
+  """
+  import csv
+  root = Path(root)
+  ann, img_dir = root / "annotations.csv", root / "images"
+  if not ann.exists() or not img_dir.is_dir():
+    raise FileNotFoundError(f"An image-folder dataset needs {img_dir}/ and {ann} (columns image,labels,caption).")
+  with open(ann, newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  if not rows or not {"image", "labels", "caption"} <= set(rows[0]):
+    raise ValueError(f"{ann} must have a header with the columns image,labels,caption and at least one row.")
+  names = [[c.strip() for c in r["labels"].split(";") if c.strip()] for r in rows]
+  if (root / "classes.txt").exists():
+    classes = [l.strip() for l in (root / "classes.txt").read_text(encoding="utf-8").splitlines() if l.strip()]
+  else:
+    classes = sorted({c for row in names for c in row})
+  index = {c: j for j, c in enumerate(classes)}
+  labels = np.zeros((len(rows), len(classes)), np.float32)
+  for i, row in enumerate(names):
+    for c in row:
+      if c not in index:
+        raise ValueError(f"{ann} row {i + 2}: class {c!r} is not in {root / 'classes.txt'}.")
+      labels[i, index[c]] = 1.0
+  paths = [str(img_dir / r["image"]) for r in rows]
+  for p in paths:
+    if not Path(p).is_file() or Path(p).suffix.lower() not in IMAGE_SUFFIXES:
+      raise FileNotFoundError(f"image {p} listed in {ann} is missing or not an image file "
+                              f"({', '.join(IMAGE_SUFFIXES)}).")
+  captions = [r["caption"] for r in rows]
+  tags, _ = bow_from_captions(captions, max_vocab=max_vocab)
+  _validate(name, tags, labels, captions, len(paths))
+  return CrossModalData(name=name, image_paths=paths, tags=tags, labels=labels, captions=captions)
+
+
 def load_dataset(name: str, root: str | os.PathLike) -> CrossModalData:
   """Load dataset ``name`` (a key of ``DATASETS``) from ``root``, auto-detecting the layout."""
   if name not in DATASETS:
@@ -271,6 +316,8 @@ def load_dataset(name: str, root: str | os.PathLike) -> CrossModalData:
       return read_arrays_mat(root / fname, name)
   if (root / "index.mat").exists():
     return read_paths_layout(root, name)
+  if (root / "annotations.csv").exists():
+    return read_image_folder(root, name)
   raise FileNotFoundError(_missing_message(name, root))
 
 

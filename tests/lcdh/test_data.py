@@ -116,3 +116,28 @@ def test_matlab_order_images_are_moved_to_nhwc(tmp_path):
                                               "YAll": np.zeros((5, 4)), "LAll": np.eye(5)})
   d = data.load_dataset("nuswide", tmp_path)
   np.testing.assert_array_equal(d.images, nhwc)
+
+
+def test_raw_image_folder_reader(tmp_path):
+  from PIL import Image
+  (tmp_path / "images" / "sub").mkdir(parents=True)
+  for i, name in enumerate(["a.png", "sub/b.jpg", "c.png"]):
+    Image.fromarray(np.full((10, 12, 3), 40 * i, np.uint8)).save(tmp_path / "images" / name)
+  (tmp_path / "annotations.csv").write_text(
+      "image,labels,caption\na.png,dog;sky,a dog under the sky\nsub/b.jpg,cat,a cat\nc.png,sky; dog ,sky and dog\n")
+  d = data.load_dataset("mirflickr", tmp_path)  # auto-detected layout
+  assert d.image_paths == [str(tmp_path / "images" / n) for n in ["a.png", "sub/b.jpg", "c.png"]]
+  # classes sorted: cat, dog, sky
+  np.testing.assert_array_equal(d.labels, [[0, 1, 1], [1, 0, 0], [0, 1, 1]])
+  assert d.captions[1] == "a cat" and d.tags.shape[0] == 3 and d.tags[1].sum() > 0
+  assert d.image(1).shape == (10, 12, 3) and int(d.image(2)[0, 0, 0]) == 80
+  # classes.txt fixes the order, and an unknown class is named
+  (tmp_path / "classes.txt").write_text("sky\ndog\ncat\n")
+  np.testing.assert_array_equal(data.read_image_folder(tmp_path).labels[0], [1, 1, 0])
+  (tmp_path / "classes.txt").write_text("sky\ndog\n")
+  with pytest.raises(ValueError, match="class 'cat' is not in"):
+    data.read_image_folder(tmp_path)
+  (tmp_path / "classes.txt").unlink()
+  (tmp_path / "images" / "c.png").unlink()
+  with pytest.raises(FileNotFoundError, match="c.png listed in .*annotations.csv is missing"):
+    data.read_image_folder(tmp_path)
