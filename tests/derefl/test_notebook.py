@@ -5,7 +5,6 @@ demo run as its workdir with the same number of steps, so it resumes the finishe
 evaluates and goes on to prediction without compiling a second train step.
 """
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -22,7 +21,7 @@ def test_notebook_imports_only_the_library():
     assert "from derefl_jax import" in src
 
 
-def test_notebook_executes(demo_run, tmp_path):
+def test_notebook_executes(demo_run, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     workdir, summary = demo_run
@@ -32,17 +31,9 @@ def test_notebook_executes(demo_run, tmp_path):
                 "flops_presets": ["tiny"],
                 "workdir": str(nb_workdir)}
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    env_before = os.environ.get("DEREFL_NOTEBOOK")
-    os.environ["DEREFL_NOTEBOOK"] = json.dumps(settings)
-    try:
-        client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                         resources={"metadata": {"path": str(tmp_path)}})
-        client.execute()
-    finally:
-        if env_before is None:
-            os.environ.pop("DEREFL_NOTEBOOK", None)
-        else:
-            os.environ["DEREFL_NOTEBOOK"] = env_before
+    monkeypatch.setenv("DEREFL_NOTEBOOK", json.dumps(settings))
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "PSNR input" in outputs and "trainable params" in outputs
     results = json.loads((nb_workdir / "results.json").read_text())

@@ -1,6 +1,5 @@
 """colab/mvrec.ipynb runs top to bottom (nbclient) with tiny settings from MVREC_NOTEBOOK."""
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,16 @@ def test_notebook_imports_only_the_library():
   assert "from mvrec_jax import" in src and "from train import mvrec" in src
 
 
-def test_notebook_executes_tiny(tmp_path):
+def test_notebook_executes_tiny(tmp_path, monkeypatch):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
   official = next((p for p in (REPO.parent / "shared/fixtures/mvrec_official", REPO / "shared/fixtures/mvrec_official")
                    if p.is_dir()), REPO.parent / "shared/fixtures/mvrec_official")
   settings = {"tiny": True, "workdir": str(tmp_path / "nb"), "official_dir": str(official)}
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  before = os.environ.get("MVREC_NOTEBOOK")
-  os.environ["MVREC_NOTEBOOK"] = json.dumps(settings)
-  try:
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path)}}).execute()
-  finally:
-    if before is None:
-      os.environ.pop("MVREC_NOTEBOOK", None)
-    else:
-      os.environ["MVREC_NOTEBOOK"] = before
+  monkeypatch.setenv("MVREC_NOTEBOOK", json.dumps(settings))
+  nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
   out = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
   assert "fused predictions" in out and "Zip-Adapter-F loss" in out and "Zip-Adapter-F" in out
   if (official / "transistor_support.pt").is_file():
