@@ -110,14 +110,15 @@ class AlphaCLIP(nn.Module):
 
   def get_image_features(self, images, alpha, return_tokens: bool = False):
     """(B, H, W, 3), (B, H, W, 1) -> (B, P), or (B, 1 + N, P) with ``return_tokens``."""
-    pooled, tokens = self.vision_model(images, alpha, all_tokens=return_tokens)
+    pooled, tokens = self.vision_model(images, alpha, all_tokens=return_tokens,
+                                       pooled_only=not return_tokens)
     return self.visual_projection(tokens if return_tokens else pooled)
 
   def get_text_features(self, input_ids, attention_mask=None):
     """ids (B, L), mask (B, L) -> (B, P)."""
     if self.spec.text is None:
       raise ValueError("this AlphaCLIP has no text tower; load it with clip_ckpt=<OpenAI .pt>")
-    pooled, _ = self.text_model(input_ids, attention_mask)
+    pooled, _ = self.text_model(input_ids, attention_mask, pooled_only=True)
     return self.text_projection(pooled)
 
   def __call__(self, images, alpha, input_ids=None, attention_mask=None):

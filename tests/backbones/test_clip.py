@@ -254,3 +254,32 @@ def test_remat_same_params_and_gradients():
   g_remat = jax.jit(jax.grad(lambda p: loss(remat, p)))(params)
   for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_pooled_only_matches_full_last_layer():
+  """pooled_only runs the last block for the pooled token alone: same pooled output as the
+  full block (vision: class token; text: EOS token, with padding and the causal mask)."""
+  model, params = clip.init_clip(SMALL, seed=6)
+  variables = {"params": params}
+  images = np.random.RandomState(7).randn(3, 32, 32, 3).astype(np.float32)
+  full, hidden = model.apply(variables, images, method=lambda m, x: m.vision_model(x))
+  fast, fast_hidden = model.apply(variables, images,
+                                  method=lambda m, x: m.vision_model(x, pooled_only=True))
+  assert hidden.shape == (3, 1 + SMALL.vision.num_patches, SMALL.vision.hidden_size)
+  assert fast_hidden.shape == (3, 1, SMALL.vision.hidden_size)
+  np.testing.assert_allclose(fast, full, atol=1e-6, rtol=0)
+  np.testing.assert_allclose(fast_hidden[:, 0], hidden[:, 0], atol=1e-6, rtol=0)
+
+  eos = SMALL.text.eos_token_id
+  ids = np.random.RandomState(8).randint(1, eos, size=(3, SMALL.text.max_position_embeddings))
+  lengths = np.array([2, 5, SMALL.text.max_position_embeddings - 1])
+  mask = (np.arange(ids.shape[1])[None] <= lengths[:, None]).astype(np.int32)
+  ids[np.arange(3), lengths] = eos
+  ids = np.where(mask > 0, ids, eos).astype(np.int32)
+  text = lambda m, i, a, p: m.text_model(i, a, pooled_only=p)[0]
+  full = model.apply(variables, ids, mask, False, method=text)
+  fast = model.apply(variables, ids, mask, True, method=text)
+  np.testing.assert_allclose(fast, full, atol=1e-6, rtol=0)
+  with pytest.raises(ValueError, match="all_tokens"):
+    model.apply(variables, images, method=lambda m, x: m.vision_model(
+        x, all_tokens=True, pooled_only=True))
