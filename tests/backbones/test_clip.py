@@ -283,3 +283,30 @@ def test_pooled_only_matches_full_last_layer():
   with pytest.raises(ValueError, match="all_tokens"):
     model.apply(variables, images, method=lambda m, x: m.vision_model(
         x, all_tokens=True, pooled_only=True))
+
+
+def test_attention_matches_numpy_softmax_attention():
+  """CLIPAttention (softmax normalised after the value product) == softmax(q k^T / sqrt d) v in
+  numpy, with a mask that leaves one query row fully masked (uniform weights, as softmax)."""
+  rng = np.random.RandomState(9)
+  batch, length, dim, heads = 2, 5, 8, 2
+  x = rng.randn(batch, length, dim).astype(np.float32)
+  mask = np.tril(np.ones((length, length), bool))[None, None].repeat(batch, 0)
+  mask[1, 0, 2, :] = False  # a query that may attend to nothing
+  attn = clip.CLIPAttention(heads)
+  params = attn.init(jax.random.key(0), x)["params"]
+  params = jax.tree.map(lambda p: p + 0.1 * rng.randn(*p.shape).astype(np.float32), params)
+  got = np.asarray(attn.apply({"params": params}, x, mask))
+
+  def proj(name, t):
+    return t @ np.asarray(params[name]["kernel"]) + np.asarray(params[name]["bias"])
+
+  hd = dim // heads
+  split = lambda t: t.reshape(batch, length, heads, hd).transpose(0, 2, 1, 3)
+  q, k, v = (split(proj(n, x)) for n in ("q_proj", "k_proj", "v_proj"))
+  s = np.where(mask, q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd), -np.inf)
+  s = np.where(mask.any(-1, keepdims=True), s, 0.0)  # all masked: softmax of equal logits
+  w = np.exp(s - s.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  want = proj("out_proj", (w @ v).transpose(0, 2, 1, 3).reshape(batch, length, dim))
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
