@@ -236,7 +236,8 @@ class CLIPAttention(nn.Module):
 
   Softmax is normalised after the value product, ``(exp(s - max s) @ v) / sum exp(s - max s)``
   (as in flash attention): the same numbers as ``softmax(s) @ v`` up to rounding, but the
-  division touches (B, H, L, d) instead of (B, H, L, L), which XLA:CPU runs ~3x faster.
+  division touches (B, H, L, d) instead of (B, H, L, L); on XLA:CPU this halved the attention
+  core's time in the ViT-B/16 encoder.
   Scores, exponentials and their sums are float32 whatever ``dtype`` is.
   """
 

@@ -84,29 +84,27 @@ def main():
   mesh = Mesh(np.array(devices), ("data",))
   rep_params = jax.device_put(params, NamedSharding(mesh, P()))
 
-  def run_sharded():
-    x = jax.device_put(images, NamedSharding(mesh, P("data")))
-    return np.asarray(clip.encode_image(model, rep_params, x))
-
   full_fn = jax.jit(lambda p, x: model.apply(
       {"params": p}, x, method=lambda m, x: m.visual_projection(m.vision_model(x)[0])))
 
-  def run_sharded_full():
-    x = jax.device_put(images, NamedSharding(mesh, P("data")))
-    return np.asarray(full_fn(rep_params, x))
+  def sharded(encode):
+    return lambda: np.asarray(encode(rep_params,
+                                     jax.device_put(images, NamedSharding(mesh, P("data")))))
+
+  nd = len(devices)
+  ours = {"jax_1dev": run_one,
+          f"jax_{nd}dev": sharded(lambda p, x: clip.encode_image(model, p, x)),
+          f"jax_{nd}dev_full": sharded(full_fn)}  # full last block, as PyTorch computes it
 
   want = run_torch()
-  for name, fn in (("1 device", run_one), ("sharded", run_sharded),
-                   ("sharded, full last block", run_sharded_full)):
+  for name, fn in ours.items():
     err = np.abs(fn() - want).max()
     assert err < 1e-3, f"{name} disagrees with torch by {err}"
 
   results = {}
   # Interleave them so that load changes on a shared machine hit all of them.
   for _ in range(2):
-    for name, fn in (("torch", run_torch), ("jax_1dev", run_one),
-                     (f"jax_{len(devices)}dev", run_sharded),
-                     (f"jax_{len(devices)}dev_full", run_sharded_full)):
+    for name, fn in (("torch", run_torch), *ours.items()):
       t = _timeit(fn, args.repeats)
       results[name] = min(results.get(name, float("inf")), t)
 
