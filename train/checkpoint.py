@@ -21,6 +21,15 @@ import orbax.checkpoint as ocp
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
+def _user_error_base():
+  from train.config_lib import UserError  # pylint: disable=import-outside-toplevel
+  return UserError
+
+
+class CheckpointRestoreError(_user_error_base()):
+  """A checkpoint that cannot be read or does not fit the state built from the config."""
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.abspath(os.path.join(workdir, CHECKPOINT_SUBDIR))
 
@@ -67,7 +76,16 @@ class Checkpointer:
     has_extra = os.path.isdir(os.path.join(self.directory, str(step), "extra"))
     if has_extra:
       items["extra"] = ocp.args.StandardRestore()
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    where = os.path.join(self.directory, str(step))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for a bad checkpoint
+      first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+      raise CheckpointRestoreError(
+          f"the checkpoint {where} cannot be restored into the state this config builds "
+          f"({type(e).__name__}: {first}). It is corrupt or from another model; nothing was changed. "
+          f"Delete that step directory to fall back to an earlier checkpoint, or use a new --workdir."
+      ) from e
     extra = dict(restored["extra"]) if has_extra else None
     return restored["state"], extra
 

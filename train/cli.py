@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import ml_collections
 
@@ -57,14 +57,66 @@ def parse(argv: Sequence[str], default_config: str) -> tuple[ml_collections.Conf
   return config, args.workdir, args
 
 
+# User-input errors raised by the library packages (which cannot import `train`): "module:Class".
+# Only classes whose module is already imported are checked (an exception of a class from a
+# module that was never imported cannot have been raised).
+USER_ERROR_TYPES: tuple[str, ...] = (
+    "backbones_jax.convert:CheckpointMismatchError",
+    "backbones_jax.convert:CheckpointFormatError",
+    "backbones_jax.torch_pickle:TorchFileError",
+    "derefl_jax.data:ImageReadError",
+)
+
+
+def is_user_error(e: BaseException, extra: Sequence[type] = ()) -> bool:
+  """True for errors caused by the user's input: printed as one `error:` line, exit code 2."""
+  if isinstance(e, (config_lib.UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                    PermissionError, *extra)):
+    return True
+  for spec in USER_ERROR_TYPES:
+    module, _, name = spec.partition(":")
+    cls = getattr(sys.modules.get(module), name, None)
+    if isinstance(cls, type) and isinstance(e, cls):
+      return True
+  return False
+
+
+def _message(e: BaseException) -> str:
+  return str(e) or type(e).__name__
+
+
+def fail(e: BaseException) -> "NoReturn":
+  """Prints `error: <message>` on stderr and exits with code 2 (no traceback)."""
+  print(f"error: {_message(e)}", file=sys.stderr, flush=True)
+  raise SystemExit(2) from None
+
+
 def run(main_fn: Callable[[ml_collections.ConfigDict, str], Any], default_config: str,
-        argv: Sequence[str] | None = None) -> Any:
-  """Parses flags, starts multi-host JAX if asked, saves `config.json` and calls `main_fn(config, workdir)`."""
+        argv: Sequence[str] | None = None, *, resumable_keys: Sequence[str] = (),
+        validate: Callable[[ml_collections.ConfigDict], None] | None = None,
+        user_errors: Sequence[type] = ()) -> Any:
+  """Parses flags, validates, checks/claims the workdir, then calls `main_fn(config, workdir)`.
+
+  Order (nothing is written to the workdir before step 4):
+  1. parse `--config=file.py:preset` and `--config.key=value` overrides;
+  2. start multi-host JAX if asked; `validate(config)` (raise `config_lib.ConfigError`);
+  3. `config_lib.check_workdir`: a rerun in a workdir that holds a run must have the saved config,
+     except for `config_lib.SHARED_RESUMABLE_KEYS` and this method's `resumable_keys` (logged);
+  4. write `config.json` (atomically; process 0) and run `main_fn`.
+  User errors (`is_user_error`, plus `user_errors`) anywhere in this print one `error:` line and
+  exit with code 2; anything else (an internal bug) keeps its traceback.
+  """
   argv = sys.argv[1:] if argv is None else list(argv)
   try:
-    config, workdir, args = parse(argv, default_config)
-  except config_lib.ConfigError as e:
-    sys.exit(f"error: {e}")
+    return _run(main_fn, default_config, argv, resumable_keys, validate)
+  except Exception as e:  # pylint: disable=broad-except
+    if is_user_error(e, tuple(user_errors)):
+      fail(e)
+    raise
+
+
+def _run(main_fn, default_config, argv, resumable_keys, validate):
+  config, workdir, args = parse(argv, default_config)
   from train import parallel  # imports jax: after the XLA flags are settled
   parallel.initialize_distributed(args.coordinator_address, args.num_processes, args.process_id,
                                   auto=args.distributed)
@@ -74,6 +126,14 @@ def run(main_fn: Callable[[ml_collections.ConfigDict, str], Any], default_config
       flags.FLAGS.mark_as_parsed()
   except Exception:  # pragma: no cover
     pass
+  if validate is not None:
+    validate(config)
+  defaults = config_lib.load_config(args.config)
+  diff = config_lib.check_workdir(config, workdir, resumable=resumable_keys, defaults=defaults)
   if parallel.is_main_process():
-    config_lib.save_config(config, workdir)
+    changes = config_lib.describe_changes(diff)
+    if changes:
+      print(f"resuming {workdir} with changed settings: {changes}", flush=True)
+      config_lib.log_resume(workdir, diff)
+    config_lib.save_config(config, workdir)  # unchanged bytes when the config is the saved one
   return main_fn(config, workdir)

@@ -28,17 +28,23 @@ def fit(*, state: Any, train_step: Callable, batch_fn: BatchFn, num_steps: int, 
     pure function of (seed, step), so a resumed run sees exactly the batches it would have seen.
   - The rng of step s is `fold_in(state.rng, s)`.
   - If `<workdir>/checkpoints` holds a checkpoint, training resumes from it with the exact
-    optimizer state. Checkpoints every `checkpoint_every` steps (keeping `max_to_keep`) and at the end.
+    optimizer state; it is restored before the metric writer opens, so a checkpoint that does not
+    fit (`CheckpointRestoreError`, a user error) leaves the workdir untouched. Checkpoints every `checkpoint_every` steps (keeping `max_to_keep`) and at the end.
   - Metrics are checked for NaN/inf at every log step and before every save; logs go to
     `<workdir>/metrics.jsonl` and TensorBoard (process 0 only).
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   own_ckpt = checkpointer is None
   ckpt = checkpointer or Checkpointer(workdir, max_to_keep=max_to_keep, every_steps=checkpoint_every)
+  state = parallel.replicate(state, mesh)
+  try:  # restore before anything is written: a checkpoint that does not fit stops a clean run
+    state, _, last_saved = ckpt.restore_or(state)
+  except BaseException:
+    if own_ckpt:
+      ckpt.close()
+    raise
   own_writer = writer is None
   writer = writer or MetricWriter(workdir)
-  state = parallel.replicate(state, mesh)
-  state, _, last_saved = ckpt.restore_or(state)
   start = int(jax.device_get(state.step))
   step_fn = step_fn or compile_train_step(train_step, mesh)
   every = max(1, int(checkpoint_every))

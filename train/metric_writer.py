@@ -31,12 +31,15 @@ def _json_default(o: Any):
 
 
 def save_json(path: str, obj: Any) -> None:
-  """Writes `obj` as indented JSON (numpy/jax values converted); only on process 0."""
+  """Writes `obj` as indented JSON (numpy/jax values converted); only on process 0.
+
+  Atomic: written to a temp file next to `path`, then renamed over it, so an interrupted write
+  never leaves a truncated file in a run directory.
+  """
   if jax.process_index() != 0:
     return
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2, default=_json_default)
+  from train.config_lib import write_json_atomic  # pylint: disable=import-outside-toplevel
+  write_json_atomic(path, obj, indent=2, default=_json_default)
 
 
 class MetricWriter:

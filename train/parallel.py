@@ -59,13 +59,19 @@ def local_device_count(mesh: Mesh) -> int:
   return sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
 
 
-def local_batch_size(global_batch_size: int, mesh: Mesh | None = None) -> int:
-  """This process's share of a global batch; errors if it does not divide evenly."""
+def local_batch_size(global_batch_size: int, mesh: Mesh | None = None, *, key: str = "") -> int:
+  """This process's share of a global batch; a `UserError` if it does not divide evenly.
+
+  `key` names the config field in the message (e.g. "data.batch_size").
+  """
   nproc = jax.process_count()
   ndev = mesh.devices.size if mesh is not None else jax.device_count()
-  if global_batch_size % ndev:
-    raise ValueError(f"The global batch size {global_batch_size} does not divide over {ndev} devices; "
-                     f"use a multiple of {ndev}.")
+  if global_batch_size <= 0 or global_batch_size % ndev:
+    from train.config_lib import UserError  # pylint: disable=import-outside-toplevel
+    fix = ndev * max(1, -(-global_batch_size // ndev))
+    where = f"config.{key}" if key else "The global batch size"
+    raise UserError(f"{where}={global_batch_size} does not divide over {ndev} devices; use a positive "
+                    f"multiple of {ndev}" + (f", e.g. --config.{key}={fix}." if key else "."))
   return global_batch_size // nproc
 
 

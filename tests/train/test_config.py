@@ -90,6 +90,134 @@ def test_run_saves_resolved_config_and_exits_cleanly_on_errors(cfg_path, tmp_pat
   assert cli.run(main_fn, cfg_path + ":demo", [f"--workdir={workdir}", "--config.seed=3"]) == 7
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["seed"] == 3 and saved["preset"] == "demo" and seen["config"].seed == 3
+  capsys.readouterr()
   with pytest.raises(SystemExit) as e:
     cli.run(main_fn, cfg_path + ":demo", [f"--config={cfg_path}:bogus"])
-  assert "Unknown preset 'bogus'" in str(e.value)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: Unknown preset 'bogus'") and err.count("\n") == 1
+
+
+def _files(workdir):
+  import hashlib
+  return {str(p.relative_to(workdir)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+          for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+def _finished(workdir):
+  """A stand-in for a finished run: a checkpoint file next to the config."""
+  def main_fn(config, wd):
+    (workdir / "checkpoints").mkdir(exist_ok=True)
+    (workdir / "checkpoints" / "state").write_text(f"trained with seed {config.seed}")
+    return "trained"
+  return main_fn
+
+
+def test_rerun_with_changed_config_is_refused_and_changes_nothing(cfg_path, tmp_path, capsys):
+  wd = tmp_path / "wd"
+  main_fn = _finished(wd)
+  cli.run(main_fn, cfg_path + ":demo", [f"--workdir={wd}"])
+  before = _files(wd)
+  called = []
+  for bad in (["--config.seed=1"], ["--config.optim.warmup=3", "--config.lr=0.1"], [f"--config={cfg_path}:small"]):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+      cli.run(lambda c, w: called.append(1), cfg_path + ":demo", [f"--workdir={wd}", *bad])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "new --workdir" in err and "Nothing was changed" in err
+    for arg in bad:
+      key = arg.split("=")[0][len("--config."):] if arg.startswith("--config.") else "lr"
+      assert f"{key} (saved" in err, (key, err)
+  assert not called
+  assert _files(wd) == before  # same bytes and not even rewritten
+
+
+def test_resumable_change_is_allowed_logged_and_saved(cfg_path, tmp_path, capsys):
+  wd = tmp_path / "wd"
+  cli.run(_finished(wd), cfg_path + ":demo", [f"--workdir={wd}"])
+  # `lr` declared resumable by this "method"; num_steps-like shared keys need no declaration.
+  assert cli.run(lambda c, w: c.lr, cfg_path + ":demo", [f"--workdir={wd}", "--config.lr=0.5"],
+                 resumable_keys=("lr", "optim.*")) == 0.5
+  out = capsys.readouterr().out
+  assert "resuming" in out and "lr 0.001 -> 0.5" in out
+  assert json.loads((wd / "config.json").read_text())["lr"] == 0.5
+  log = [json.loads(x) for x in (wd / "resume_log.jsonl").read_text().splitlines()]
+  assert log[-1]["changed"] == {"lr": [0.001, 0.5]}
+  # the same value again: no new log line, config.json untouched
+  before = _files(wd)
+  cli.run(lambda c, w: None, cfg_path + ":demo", [f"--workdir={wd}", "--config.lr=0.5"], resumable_keys=("lr",))
+  assert _files(wd) == before
+
+
+def test_config_json_alone_is_replaced(cfg_path, tmp_path):
+  """An earlier attempt that stopped before producing anything does not lock the workdir."""
+  wd = tmp_path / "wd"
+
+  def failing(config, workdir):
+    (wd / "metrics.jsonl").write_text("")  # opened, never written
+    raise FileNotFoundError("data_root missing")
+
+  with pytest.raises(SystemExit):
+    cli.run(failing, cfg_path + ":demo", [f"--workdir={wd}", "--config.seed=5"])
+  cli.run(lambda c, w: None, cfg_path + ":demo", [f"--workdir={wd}", "--config.seed=6"])
+  assert json.loads((wd / "config.json").read_text())["seed"] == 6
+
+
+def test_foreign_directory_is_refused(cfg_path, tmp_path, capsys):
+  wd = tmp_path / "photos"
+  wd.mkdir()
+  (wd / "holiday.jpg").write_bytes(b"x")
+  with pytest.raises(SystemExit) as e:
+    cli.run(lambda c, w: None, cfg_path + ":demo", [f"--workdir={wd}"])
+  assert e.value.code == 2 and "has no config.json" in capsys.readouterr().err
+  assert sorted(p.name for p in wd.iterdir()) == ["holiday.jpg"]
+
+
+def test_new_field_at_its_default_is_allowed(cfg_path, tmp_path, capsys):
+  """A run saved before a config field existed resumes if the field keeps its default."""
+  wd = tmp_path / "wd"
+  cli.run(_finished(wd), cfg_path + ":demo", [f"--workdir={wd}"])
+  saved = json.loads((wd / "config.json").read_text())
+  del saved["name"]
+  (wd / "config.json").write_text(json.dumps(saved))
+  cli.run(lambda c, w: None, cfg_path + ":demo", [f"--workdir={wd}"])
+  assert 'new field name = "x"' in capsys.readouterr().out
+  del saved["use_vgg"]
+  (wd / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(SystemExit):
+    cli.run(lambda c, w: None, cfg_path + ":demo", [f"--workdir={wd}", "--config.use_vgg=true"])
+  assert "use_vgg (saved null, now true)" in capsys.readouterr().err
+
+
+def test_user_errors_exit_2_internal_bugs_keep_traceback(cfg_path, tmp_path, capsys):
+  def user(config, workdir):
+    raise config_lib.UserError("config.lr=5 is too large; set --config.lr below 1.")
+
+  def bug(config, workdir):
+    raise ValueError("internal shape bug")
+
+  with pytest.raises(SystemExit) as e:
+    cli.run(user, cfg_path + ":demo", [f"--workdir={tmp_path / 'a'}"])
+  assert e.value.code == 2
+  assert capsys.readouterr().err == "error: config.lr=5 is too large; set --config.lr below 1.\n"
+  with pytest.raises(ValueError, match="internal shape bug"):
+    cli.run(bug, cfg_path + ":demo", [f"--workdir={tmp_path / 'b'}"])
+
+  def validate(config):
+    config_lib.require_choice(config, "name", ("x", "y"))
+
+  with pytest.raises(SystemExit):
+    cli.run(user, cfg_path + ":demo", [f"--workdir={tmp_path / 'c'}", "--config.name=z"], validate=validate)
+  assert "config.name='z': 'z' is not one of 'x', 'y'" in capsys.readouterr().err
+  assert not (tmp_path / "c").exists()  # validation runs before anything is written
+
+
+def test_write_json_atomic_leaves_old_file_on_failure(tmp_path):
+  path = tmp_path / "results.json"
+  config_lib.write_json_atomic(str(path), {"a": 1})
+  with pytest.raises(TypeError):
+    config_lib.write_json_atomic(str(path), {"a": object()})
+  assert json.loads(path.read_text()) == {"a": 1}
+  assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
