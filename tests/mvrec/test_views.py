@@ -1,4 +1,8 @@
-"""Views: polygon masks, crop boxes, zero padding, ordering, ablation modes, resize chain, normalisation."""
+"""Views: polygon masks, crop boxes, zero padding, ordering, ablation modes, resize chain, normalisation.
+
+Hand-computed cases of the official arithmetic; the side-by-side comparison with the official code
+is tests/mvrec/test_official_views.py.
+"""
 import numpy as np
 import pytest
 from PIL import Image
@@ -42,10 +46,21 @@ def test_crop_box_official_arithmetic():
   # x: 120 + (-256)//3 = 120 - 86 = 34 -> [34-128, 34+128); y: 130 + 256//3 = 215 -> [87, 343)
   assert V.crop_box(bbox, spec) == (-94, 87, 162, 343)
   assert V.crop_box(bbox, V.ViewSpec(size=384)) == (120 - 192, 130 - 192, 120 + 192, 130 + 192)
-  # odd centre: cx = 0.5 -> int(-1.5) = -1 (truncation toward zero), int(2.5) = 2
-  assert V.crop_box((0, 0, 1, 1), V.ViewSpec(size=4)) == (-1, -1, 2, 2)
+  # odd coordinate sum: bbox2rect floors the centre, (0 + 1) // 2 = 0 (a float centre 0.5 gave (-1, -1, 2, 2))
+  assert V.bbox2rect((0, 0, 1, 1)) == (0, 0, 1, 1)
+  assert V.bbox2rect((3, 4, 10, 9)) == (6, 6, 7, 5)
+  assert V.bbox2rect((3.0, 4.0, 10.0, 9.0)) == (6.0, 6.0, 7.0, 5.0)
+  assert V.crop_box((0, 0, 1, 1), V.ViewSpec(size=4)) == (-2, -2, 2, 2)
+  # odd size: 37 // 2 = 18 -> box spans centre - 18 .. centre + 19
+  assert V.crop_box((10, 20, 13, 25), V.ViewSpec(size=37)) == (11 - 18, 22 - 18, 11 + 19, 22 + 19)
   # bbox-relative: sx = 40 * 1.5 = 60, sy = 60 * 1.5 = 90; centre shift 1*60//3 = 20
   assert V.crop_box(bbox, V.ViewSpec(size=1.5, x_step=1)) == (int(140 - 30), int(130 - 45), int(140 + 30), int(130 + 45))
+  # bbox-relative with float floor division: sx = 7 * 0.999 = 6.993, sx // 2 = 3.0, (-1 * 6.993) // 3 = -3.0
+  # cx = (3 + 10) // 2 = 6 -> int(6 - 3 - 3) = 0, int(0 + 6.993) = 6
+  assert V.crop_box((3, 4, 10, 9), V.ViewSpec(size=0.999, x_step=-1))[::2] == (0, 6)
+  # the instance bbox in the view: clipped to the crop, then int(v * new / old) per resize step
+  assert V.bbox_in_view((3, 4, 10, 9), (0, 0, 8, 8), resize=()) == [3, 4, 8, 8]
+  assert V.bbox_in_view((3, 4, 10, 9), (0, 0, 8, 8), resize=(16, 6)) == [int(int(3 * 2.0) * 0.375), 3, 6, 6]
 
 
 def test_mso_has_27_views_in_official_order():
@@ -88,41 +103,56 @@ def test_crops_by_hand_with_zero_padding():
   cm = V.polygon_to_mask([[0, 0], [1, 0], [1, 1], [0, 1]], 12, 10)
   ci, cmm = V.render_views(img, cm, corner, [V.ViewSpec(size=6, x_step=-1, y_step=-1)], resize=())
   box = V.crop_box(corner, V.ViewSpec(size=6, x_step=-1, y_step=-1))
-  # centre 0.5 + (-6)//3 = -1.5 -> int(-1.5 - 3) = int(-4.5) = -4 and int(-4.5 + 6) = int(1.5) = 1:
-  # truncation toward zero makes this crop 5 px wide, exactly as the official arithmetic does
-  assert box == (-4, -4, 1, 1)
-  assert ci.shape == (1, 5, 5, 3)
+  # centre (0 + 1) // 2 = 0, + (-6)//3 = -2 -> box (-5, -5, 1, 1): 6 px, rows/cols -5..0
+  assert box == (-5, -5, 1, 1)
+  assert ci.shape == (1, 6, 6, 3)
   np.testing.assert_array_equal(ci[0], _crop_ref(img, box))
-  assert (ci[0][:4] == 0).all() and (ci[0][:, :4] == 0).all() and (cmm[0][:4] == 0).all()
-  np.testing.assert_array_equal(ci[0][4, 4], img[0, 0])
-  assert cmm[0][4, 4] == 255
+  assert (ci[0][:5] == 0).all() and (ci[0][:, :5] == 0).all() and (cmm[0][:5] == 0).all()
+  np.testing.assert_array_equal(ci[0][5, 5], img[0, 0])
+  assert cmm[0][5, 5] == 255
 
 
-def test_flips_and_rotation():
+def _rot_ref(a, quarter_turns, cx, cy):
+  """Counter-clockwise quarter turns about integer pixel (cx, cy) by hand, zero outside (cv2 convention)."""
+  out = a
+  for _ in range(quarter_turns % 4):
+    src, out = out, np.zeros_like(a)
+    for y in range(a.shape[0]):
+      for x in range(a.shape[1]):
+        xs, ys = cx + cy - y, x - cx + cy  # 90 deg CCW: dst(x, y) = src(cx + cy - y, x - cx + cy)
+        if 0 <= xs < a.shape[1] and 0 <= ys < a.shape[0]:
+          out[y, x] = src[ys, xs]
+  return out
+
+
+def test_flips_and_rotations_accumulate_like_the_official_loop():
   rng = np.random.default_rng(1)
   img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
   mask = np.zeros((16, 16), np.uint8)
   mask[6:9, 5:11] = 255
   bbox = (5, 6, 10, 8)
-  base_i, base_m = V.render_views(img, mask, bbox, [V.ViewSpec(8)], resize=())
+  box = V.crop_box(bbox, V.ViewSpec(8))
+  assert box == (3, 3, 11, 11)  # centre (7, 7)
+  # flips act on the WHOLE image before the crop, and each view starts from the previous view's image
+  flips = {0: lambda a: a, 1: lambda a: a[:, ::-1], 2: lambda a: a[::-1],
+           3: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1), 4: lambda a: np.swapaxes(a, 0, 1)}
   f_i, f_m = V.render_views(img, mask, bbox, V.view_specs("mf", crop_sizes=(8,)), resize=())
-  np.testing.assert_array_equal(f_i[0], base_i[0])
-  np.testing.assert_array_equal(f_i[1], base_i[0][:, ::-1])
-  np.testing.assert_array_equal(f_m[2], base_m[0][::-1])
-  np.testing.assert_array_equal(f_i[4], base_i[0].transpose(1, 0, 2))
-  np.testing.assert_array_equal(f_i[3], base_i[0][::-1, ::-1].transpose(1, 0, 2))
-  # 90 deg CCW about integer centre (cx, cy) in cv2 convention: dst(x, y) = src(cx + cy - y, x - cx + cy)
-  spec = V.ViewSpec(8, angle=90)
-  box = V.crop_box(bbox, spec)
-  cx, cy = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
-  rot = np.zeros_like(img)
-  for y in range(16):
-    for x in range(16):
-      xs, ys = cx + cy - y, x - cx + cy
-      if 0 <= xs < 16 and 0 <= ys < 16:
-        rot[y, x] = img[ys, xs]
-  r_i, _ = V.render_views(img, mask, bbox, [spec], resize=())
-  np.testing.assert_array_equal(r_i[0], _crop_ref(rot, box))
+  cur_i, cur_m = img, mask
+  for k in range(5):
+    cur_i, cur_m = flips[k](cur_i), flips[k](cur_m)
+    np.testing.assert_array_equal(f_i[k], _crop_ref(cur_i, box), err_msg=f"flip view {k}")
+    np.testing.assert_array_equal(f_m[k], _crop_ref(cur_m, box), err_msg=f"flip view {k}")
+  n_i, _ = V.render_views(img, mask, bbox, V.view_specs("mf", crop_sizes=(8,)), resize=(), accumulate=False)
+  np.testing.assert_array_equal(n_i[2], _crop_ref(img[::-1], box))
+  # "mr": angles 0, 90, 180, 270 accumulate -> 0, 90, 270, 540 (= 180) degrees in total about (7, 7)
+  r_i, r_m = V.render_views(img, mask, bbox, V.view_specs("mr", crop_sizes=(8,)), resize=())
+  for k, quarters in enumerate((0, 1, 3, 6)):
+    np.testing.assert_array_equal(r_i[k], _crop_ref(_rot_ref(img, quarters, 7, 7), box), err_msg=f"view {k}")
+    np.testing.assert_array_equal(r_m[k], _crop_ref(_rot_ref(mask, quarters, 7, 7), box), err_msg=f"view {k}")
+  n_i, _ = V.render_views(img, mask, bbox, V.view_specs("mr", crop_sizes=(8,)), resize=(), accumulate=False)
+  np.testing.assert_array_equal(n_i[2], _crop_ref(_rot_ref(img, 2, 7, 7), box))
+  with pytest.raises(ValueError, match="flip code"):
+    V.render_views(img, mask, bbox, [V.ViewSpec(8, flip=7)], resize=())
 
 
 def test_resize_chain_and_normalisation():
@@ -140,12 +170,13 @@ def test_resize_chain_and_normalisation():
   # 32-px crop hangs off the image: zero pixels normalise to -mean/std, zero mask to -0.5/0.26
   np.testing.assert_allclose(x[18, 0, 0], -np.array(V.CLIP_MEAN) / np.array(V.CLIP_STD), atol=1e-6)
   np.testing.assert_allclose(a[18, 0, 0, 0], -0.5 / 0.26, atol=1e-6)
-  # the chain is PIL: crop -> resize(64, BICUBIC) -> resize(32, BICUBIC) for the image, BILINEAR for the mask
+  # the chain is PIL: crop -> resize(64, BICUBIC) -> resize(32, BICUBIC), image and mask alike (PIL's default)
   pil = Image.fromarray(img).crop(V.crop_box((10, 10, 30, 30), V.view_specs("mso", (16, 24, 32))[20]))
   ref = np.asarray(pil.resize((64, 64), Image.BICUBIC).resize((32, 32), Image.BICUBIC))
   np.testing.assert_allclose(x[20], V.normalize_image(ref), atol=1e-6)
   m = Image.fromarray(V.polygon_to_mask(poly, 40, 40)).crop(V.crop_box((10, 10, 30, 30), V.view_specs("mso", (16, 24, 32))[20]))
-  mref = np.asarray(m.resize((64, 64), Image.BILINEAR).resize((32, 32), Image.BILINEAR))
+  mref = np.asarray(m.resize((64, 64), Image.BICUBIC).resize((32, 32), Image.BICUBIC))
+  assert mref.min() < 255 and 0 < mref.max()  # the polygon edge lies in this crop
   np.testing.assert_allclose(a[20, ..., 0], (mref / 255 - 0.5) / 0.26, atol=1e-6)
 
 
