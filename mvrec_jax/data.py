@@ -255,14 +255,14 @@ def load_category(config_root: str | os.PathLike, category: str, *,
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-  """Decodes an image fully (mode ``L`` or ``RGB``); clear errors for missing or corrupt files."""
+  """Decodes an image fully (mode ``L``, ``RGB`` or ``RGBA``, as the official code uses it; other modes -> RGB)."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"Image {path} is missing. {DATA_HELP}")
   try:
     with Image.open(path) as im:
       im.load()
-      img = im if im.mode in ("L", "RGB") else im.convert("RGB")
+      img = im if im.mode in ("L", "RGB", "RGBA") else im.convert("RGBA" if "A" in im.getbands() else "RGB")
       return img.copy()
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise ValueError(f"Cannot decode image {path} ({type(e).__name__}: {e}); the file is corrupt or "

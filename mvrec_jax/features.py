@@ -7,7 +7,8 @@
 * :func:`extract_features` renders the views of many instances (``data.instance_inputs``, host
   threads), encodes fixed-size batches with the jitted encoder (host work for the next batch
   overlaps the device work of the current one), shows tqdm progress, and caches the result as
-  ``<cache_dir>/<dataset>__<backbone>__<split>__<hash>.npz`` with a ``.json`` key next to it.
+  ``<cache_dir>/<dataset>__<backbone>__<split>__<hash>.npz`` with a ``.json`` key next to it (the
+  key covers the view preprocessing version, so features of older views are never served).
 * :func:`load_official_features` reads the official MVREC feature buffers (torch pickles of a list
   of ``{'y', 'mvrec': fp16 (27, 3, 768)}``) with ``backbones_jax.torch_pickle`` (no torch needed).
 """
@@ -39,7 +40,9 @@ __all__ = [
 ]
 
 DATA_AXIS = "data"
-CACHE_VERSION = 1
+# 2: the key also names the view preprocessing (views.PREPROCESSING_VERSION); entries written by
+# version 1 (float bbox centre, BILINEAR masks, PIL polygons) never match a version-2 key.
+CACHE_VERSION = 2
 
 # encode_fn(params, images (M, H, W, 3), alphas (M, H, W, 1)) -> (M, D)
 EncodeFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -139,11 +142,16 @@ def _slug(s: str) -> str:
 
 def cache_key(instances: Sequence[data_lib.Instance], *, dataset: str, backbone: str, method: str,
               crop_sizes: Sequence[float], resize: Sequence[int], split: str = "") -> dict:
-  """The JSON key a cache entry must match (instances enter as a sha256 of their keys and bboxes)."""
+  """The JSON key a cache entry must match (instances enter as a sha256 of their keys and bboxes).
+
+  It names the view preprocessing (``views.PREPROCESSING_VERSION``), so features computed from
+  views of another preprocessing version are never served, and it enters the file name's digest.
+  """
   h = hashlib.sha256()
   for inst in instances:
     h.update(f"{inst.key}|{tuple(inst.bbox)}|{inst.polygon.tobytes().hex()[:64]}\n".encode())
-  return dict(version=CACHE_VERSION, dataset=dataset, split=split, backbone=backbone, method=method,
+  return dict(version=CACHE_VERSION, views=views_lib.PREPROCESSING_VERSION, dataset=dataset, split=split,
+              backbone=backbone, method=method,
               crop_sizes=[float(s) for s in crop_sizes], resize=[int(s) for s in resize],
               num_instances=len(instances), instances_sha256=h.hexdigest())
 

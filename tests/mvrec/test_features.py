@@ -9,6 +9,7 @@ import pytest
 from mvrec_jax import data as D
 from mvrec_jax import features as F
 from mvrec_jax import synthetic as S
+from mvrec_jax import views as V
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = next((p for p in (REPO.parent / "shared" / "fixtures", REPO / "shared" / "fixtures") if p.is_dir()),
@@ -85,6 +86,24 @@ def test_extract_features_matches_reference_and_caches(tmp_path, syn, params):
   assert len(list(tmp_path.glob("*.npz"))) == 2
   with pytest.raises(ValueError, match="No instances"):
     F.extract_features(fake_encode, params, [], dataset="x", backbone="y")
+
+
+def test_cache_never_serves_features_of_another_view_preprocessing(tmp_path, syn, params, monkeypatch):
+  kw = dict(dataset="syn-disc", backbone="fake", split="train", crop_sizes=(16,), resize=(16,), method="none",
+            cache_dir=tmp_path, progress=False)
+  key = F.cache_key(syn.train, dataset="syn-disc", backbone="fake", method="none", crop_sizes=(16,), resize=(16,),
+                    split="train")
+  assert key["views"] == V.PREPROCESSING_VERSION and key["version"] == F.CACHE_VERSION
+  # an entry written by older views (poisoned features, same everything else) must not be served
+  monkeypatch.setattr(V, "PREPROCESSING_VERSION", "official-1")
+  old = F.extract_features(fake_encode, params, syn.train, **kw)
+  npz = next(tmp_path.glob("*.npz"))
+  np.savez(npz, features=np.full_like(old.features, 7.0), labels=old.labels)
+  assert F.extract_features(fake_encode, params, syn.train, **kw).from_cache  # same version: served
+  monkeypatch.undo()
+  new = F.extract_features(fake_encode, params, syn.train, **kw)
+  assert not new.from_cache and not np.any(new.features == 7.0)
+  assert len(list(tmp_path.glob("*.npz"))) == 2  # another file name: the old entry is left alone
 
 
 def test_tiny_alpha_clip_features(syn):
