@@ -7,7 +7,14 @@ Cache layout (one pair of files per (dataset, model, content)) under ``cache_dir
                                               content fingerprint (sha1 of labels + captions)
 
 A cache file is reused only if its JSON key equals the requested key, so changing the dataset
-files, the CLIP model or the image size recomputes the features.
+files, the CLIP model, the image size or the image preprocessing recomputes the features.
+
+Image preprocessing for CLIP (``clip_preprocess``): ``"clip"`` (default) is OpenAI CLIP's own
+``_transform``: resize the shorter side to the model's input size with PIL bicubic resampling
+(longer side ``int(size * long / short)``, as torchvision's ``Resize(int)``), centre crop
+(offsets ``round((H - size) / 2)``, as torchvision's ``CenterCrop``), then the CLIP mean/std
+normalisation (``backbones_jax.clip.normalize``). ``"squash"`` is the earlier behaviour: a
+bilinear resize of the whole image to a square, which distorts the aspect ratio.
 """
 from __future__ import annotations
 
@@ -21,7 +28,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["fingerprint", "cache_key", "cache_paths", "compute_clip_features", "cached_clip_features",
-           "standardize"]
+           "standardize", "clip_preprocess", "PREPROCESS_MODES"]
+
+PREPROCESS_MODES = ("clip", "squash")
 
 Tokenize = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
 
@@ -35,9 +44,38 @@ def fingerprint(labels: np.ndarray, captions: Sequence[str]) -> str:
   return h.hexdigest()
 
 
-def cache_key(*, dataset: str, model: str, image_size: int, num_items: int, content: str) -> dict:
+def cache_key(*, dataset: str, model: str, image_size: int, num_items: int, content: str,
+              preprocess: str = "clip") -> dict:
   return {"dataset": dataset, "model": model, "image_size": int(image_size),
-          "num_items": int(num_items), "content": content, "version": 1}
+          "num_items": int(num_items), "content": content, "preprocess": preprocess, "version": 2}
+
+
+def clip_preprocess(image: np.ndarray, size: int, *, mode: str = "clip") -> np.ndarray:
+  """uint8 (H, W, 3) -> uint8 (size, size, 3): CLIP's resize + centre crop, or the old squash.
+
+  ``mode="clip"``: shorter side to ``size`` (PIL bicubic), longer side ``int(size * long /
+  short)``, then the centred ``size`` x ``size`` crop (module docstring). ``mode="squash"``: PIL
+  bilinear resize to ``size`` x ``size``. Normalise the result with ``backbones_jax.clip.normalize``.
+  """
+  from PIL import Image
+  if mode not in PREPROCESS_MODES:
+    raise ValueError(f"CLIP preprocessing must be one of {PREPROCESS_MODES}; got {mode!r}.")
+  arr = np.asarray(image)
+  if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+    raise ValueError(f"expected a uint8 (H, W, 3) image; got {arr.dtype} {arr.shape}.")
+  im = Image.fromarray(np.ascontiguousarray(arr))
+  w, h = im.size
+  if mode == "squash":
+    return np.asarray(im.resize((size, size), Image.BILINEAR)) if (w, h) != (size, size) else arr
+  short, long = (w, h) if w <= h else (h, w)
+  new_long = int(size * long / short)
+  new_w, new_h = (size, new_long) if w <= h else (new_long, size)
+  if (new_w, new_h) != (w, h):
+    im = im.resize((new_w, new_h), Image.BICUBIC)
+  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+  if (new_w, new_h) != (size, size):
+    im = im.crop((left, top, left + size, top + size))
+  return np.asarray(im)
 
 
 def cache_paths(cache_dir: str | os.PathLike, key: dict) -> tuple[Path, Path]:
@@ -75,10 +113,15 @@ def compute_clip_features(*, get_images: Callable[[np.ndarray], np.ndarray], cap
 
 def cached_clip_features(*, cache_dir: str | os.PathLike, dataset: str, model: str, image_size: int,
                          labels: np.ndarray, captions: Sequence[str],
-                         compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Load the cached features for this key, or ``compute()`` them and write the cache."""
+                         compute: Callable[[], dict[str, np.ndarray]],
+                         preprocess: str = "clip") -> dict[str, np.ndarray]:
+  """Load the cached features for this key, or ``compute()`` them and write the cache.
+
+  ``preprocess`` names the image preprocessing ``compute`` uses (``clip_preprocess`` mode): part
+  of the key.
+  """
   key = cache_key(dataset=dataset, model=model, image_size=image_size, num_items=len(captions),
-                  content=fingerprint(labels, captions))
+                  content=fingerprint(labels, captions), preprocess=preprocess)
   npz, meta = cache_paths(cache_dir, key)
   if npz.exists() and meta.exists():
     try:

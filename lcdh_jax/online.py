@@ -3,15 +3,18 @@
 Protocol:
 
 1. A held-out query set (``Split.query``); the database items arrive in chunks of ``chunk_size``
-   (``make_stream``), in the order of the seeded split permutation.
+   (``make_stream``), in the order of the seeded split permutation; a remainder smaller than a
+   chunk joins the last chunk unless ``merge_remainder=False``.
 2. Round ``r`` trains the student on chunk ``r`` under teacher supervision, mixing in
    ``num_anchors`` anchors sampled (seeded by ``(seed, r)``) from the chunks of rounds ``< r``
-   (``sample_anchors``, ``round_pool``).
+   (``sample_anchors``, ``round_pool``). The anchors' raw images and BoW are read again from the
+   dataset: the protocol keeps no copy of past data, it assumes the dataset can be re-read.
 3. After the round the new chunk is encoded by the current student and appended to the database
    codes (``StreamState.add``); old codes are never re-encoded unless ``reencode=True``
    (``StreamState.reencode``).
 4. Queries are encoded by the current student and mAP (image->text, text->image) is computed
-   against the accumulated database after every round (``evaluate``).
+   against the accumulated database after every round (``evaluate``; ``retrieval_report`` adds
+   precision@N and the Hamming-radius PR curve of both directions).
 
 The stream state (round, database indices and codes) is a few numpy arrays, saved as the
 ``extra`` of a checkpoint (``StreamState.to_extra`` / ``from_extra``) so a stream resumes after the
@@ -42,21 +45,29 @@ from lcdh_jax import losses
 
 __all__ = ["StudentLossConfig", "TeacherLossConfig", "make_stream", "sample_anchors", "round_pool",
            "StreamState", "student_loss", "teacher_loss", "train_step", "teacher_train_step",
-           "binarize", "encode_in_batches", "evaluate"]
+           "binarize", "encode_in_batches", "evaluate", "precision_grid", "retrieval_report"]
 
 
 # ----------------------------------------------------------------------------------- stream plan
 
 
-def make_stream(database: np.ndarray, *, chunk_size: int,
-                num_rounds: int | None = None) -> list[np.ndarray]:
-  """Split database indices (in order) into chunks of ``chunk_size`` (last may be smaller)."""
+def make_stream(database: np.ndarray, *, chunk_size: int, num_rounds: int | None = None,
+                merge_remainder: bool = True) -> list[np.ndarray]:
+  """Split database indices (in order) into chunks of ``chunk_size``.
+
+  ``merge_remainder=True`` (default, as LEMON streams MIRFlickr): a remainder smaller than
+  ``chunk_size`` joins the last chunk (18015 items in chunks of 2000 -> 8 x 2000 + 1 x 2015);
+  ``False`` keeps it as a last, smaller chunk (9 x 2000 + 1 x 15). A database smaller than one
+  chunk is one chunk. ``num_rounds`` keeps only the first chunks (after merging).
+  """
   database = np.asarray(database, np.int64)
   if chunk_size <= 0:
     raise ValueError(f"chunk_size must be > 0; got {chunk_size}.")
   if database.size == 0:
     raise ValueError("the database is empty: there is nothing to stream.")
   chunks = [database[i:i + chunk_size] for i in range(0, database.size, chunk_size)]
+  if merge_remainder and len(chunks) > 1 and chunks[-1].size < chunk_size:
+    chunks = chunks[:-2] + [np.concatenate(chunks[-2:])]
   if num_rounds is not None:
     if num_rounds <= 0:
       raise ValueError(f"num_rounds must be > 0; got {num_rounds}.")
@@ -316,3 +327,47 @@ def evaluate(*, query_image_codes: np.ndarray, query_text_codes: np.ndarray,
   t2i = map_fn(query_codes=query_text_codes, db_codes=db_image_codes, query_labels=query_labels,
                db_labels=db_labels, top_k=top_k)
   return {"i2t": float(i2t), "t2i": float(t2i)}
+
+
+def precision_grid(*, db_size: int, n_max: int = 1000, ns=()) -> np.ndarray:
+  """The N of precision@N: ``ns`` when given, else every N in 1..``n_max``; only N <= ``db_size``.
+
+  An N past the database would repeat precision@db_size; when every N is past it, ``[db_size]``.
+  """
+  grid = np.asarray(ns if len(ns) else np.arange(1, n_max + 1), np.int64)
+  if grid.ndim != 1 or grid.size == 0 or np.any(grid < 1):
+    raise ValueError(f"precision@N needs positive integers N; got {ns!r} / n_max={n_max}.")
+  grid = np.unique(grid)
+  kept = grid[grid <= db_size]
+  return kept if kept.size else np.asarray([db_size], np.int64)
+
+
+def retrieval_report(*, query_image_codes: np.ndarray, query_text_codes: np.ndarray,
+                     query_labels: np.ndarray, db_image_codes: np.ndarray, db_text_codes: np.ndarray,
+                     db_labels: np.ndarray, ns: np.ndarray, top_k: int | None = None,
+                     digits: int = 6) -> dict[str, dict]:
+  """mAP, precision@N and the Hamming-radius PR curve for both directions, as JSON-ready lists.
+
+  -> ``{"i2t": {...}, "t2i": {...}}`` (i2t: image queries against the text database), each
+  ``{"map": float, "precision_at_n": {"n": [...], "precision": [...]}, "pr": {"radius": [...],
+  "precision": [...], "recall": [...]}}``. Semantics are ``lcdh_jax.retrieval``'s
+  (``mean_average_precision`` = DCMH ``calc_map``; ``precision_at_n``; ``pr_curve_by_radius`` with
+  DCHMT's per-query averaging). Floats are rounded to ``digits`` so a JSON round trip is exact.
+  """
+  from lcdh_jax import retrieval
+  if db_image_codes.shape[0] == 0:
+    raise ValueError("the database is empty; run at least one round before evaluating.")
+  ns = np.asarray(ns, np.int64)
+  rnd = lambda xs: [round(float(x), digits) for x in np.asarray(xs).reshape(-1)]
+  out = {}
+  for direction, qc, dc in (("i2t", query_image_codes, db_text_codes),
+                            ("t2i", query_text_codes, db_image_codes)):
+    args = (qc, dc, query_labels, db_labels)
+    pr = retrieval.pr_curve_by_radius(*args)
+    out[direction] = {
+        "map": round(float(retrieval.mean_average_precision(*args, top_k=top_k)), digits),
+        "precision_at_n": {"n": [int(n) for n in ns],
+                           "precision": rnd(retrieval.precision_at_n(*args, ns=ns))},
+        "pr": {"radius": [int(r) for r in pr.radius], "precision": rnd(pr.precision),
+               "recall": rnd(pr.recall)}}
+  return out

@@ -63,10 +63,19 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[data_
       if parallel.is_main_process():
         synthetic.write_mat(syn, root, name="synthetic", layout="arrays")
       d = data_lib.CrossModalData(name="synthetic", images=syn.images, tags=syn.tags,
-                                  labels=syn.labels.astype(np.float32), captions=syn.captions)
+                                  labels=syn.labels.astype(np.float32), captions=syn.captions,
+                                  text_source="generated captions (synthetic)",
+                                  bow_source=f"the dataset's own: generated {syn.tags.shape[1]}-d tags")
   else:
+    from train.config_lib import ConfigError
     root = config.data_root or os.path.join("data", config.dataset)
-    d = data_lib.load_dataset(config.dataset, root)
+    try:
+      d = data_lib.load_dataset(config.dataset, root, tag_vocab=config.get("tag_vocab") or None)
+    except data_lib.DatasetError as e:  # inconsistent or incomplete dataset files: a user error
+      raise ConfigError(f"dataset {config.dataset!r} under {Path(root).absolute()}: {e}") from e
+  if parallel.is_main_process():
+    print(f"data: teacher text = {d.text_source or 'captions'}; student text input = "
+          f"{d.bow_source or 'tags'} ({d.tags.shape[1]}-d BoW)", flush=True)
   split = data_lib.split_indices(len(d), num_query=config.split.num_query,
                                  num_train=config.split.num_train, seed=config.seed)
   return d, split
@@ -110,7 +119,8 @@ def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
     size = model.spec.vision.image_size
 
     def get_images(idx):
-      ims = np.stack([d.image(int(i), size) for i in idx]).astype(np.float32) / 255.0
+      ims = np.stack([features_lib.clip_preprocess(d.image(int(i)), size, mode=config.clip.preprocess)
+                      for i in idx]).astype(np.float32) / 255.0
       return np.asarray(clip_lib.normalize(ims))
 
     return features_lib.compute_clip_features(
@@ -122,7 +132,7 @@ def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
   return features_lib.cached_clip_features(
       cache_dir=cache_dir, dataset=d.name, model=model_key,
       image_size=config.clip.tiny_image_size if config.clip.name == "tiny" else 0,
-      labels=d.labels, captions=d.captions, compute=compute)
+      labels=d.labels, captions=d.captions, compute=compute, preprocess=config.clip.preprocess)
 
 
 # ---------------------------------------------------------------------------------------- teacher
@@ -257,10 +267,13 @@ def run_stream(config, bits: int, d: data_lib.CrossModalData, split: data_lib.Sp
   if extra is not None:
     stream = online.StreamState.from_extra(extra)
     history = [dict(zip(keys, map(float, row))) for row in np.asarray(extra["history"])]
+    for h in history:  # the curves of finished rounds, from the JSON each round wrote
+      h["metrics"] = _load_round_metrics(workdir, bits, int(h["round"]))
     print(f"[K={bits}] resumed the stream after round {stream.rounds_done} "
           f"(database {stream.size} items, step {restored}).")
   chunks = online.make_stream(split.database, chunk_size=config.stream.chunk_size,
-                              num_rounds=config.stream.num_rounds or None)
+                              num_rounds=config.stream.num_rounds or None,
+                              merge_remainder=config.stream.get("merge_remainder", True))
   loss_cfg = online.StudentLossConfig(
       w_distill=sc.w_distill, w_label=sc.w_label, w_contrast=sc.w_contrast, w_quant=sc.w_quant,
       w_balance=sc.w_balance, distill_mode=sc.distill_mode, teacher_sim_mode=sc.teacher_sim_mode,
@@ -326,10 +339,20 @@ def run_stream(config, bits: int, d: data_lib.CrossModalData, split: data_lib.Sp
       db, lq, ldb = stream.indices, d.labels[q], d.labels[stream.indices]
       ev = functools.partial(online.evaluate, query_labels=lq, db_labels=ldb,
                              map_fn=retrieval.mean_average_precision, top_k=top_k)
-      st = ev(query_image_codes=qi, query_text_codes=qt, db_image_codes=stream.image_codes,
-              db_text_codes=stream.text_codes)
-      te = ev(query_image_codes=teacher_out["image"][q], query_text_codes=teacher_out["text"][q],
-              db_image_codes=teacher_out["image"][db], db_text_codes=teacher_out["text"][db])
+      # mAP@all, precision@N and PR curves, both directions, for the student and the teacher.
+      report = functools.partial(
+          online.retrieval_report, query_labels=lq, db_labels=ldb, top_k=top_k,
+          ns=online.precision_grid(db_size=stream.size, n_max=config.eval.get("precision_n_max", 1000),
+                                   ns=tuple(config.eval.get("precision_ns", ()))))
+      curves = {
+          "student": report(query_image_codes=qi, query_text_codes=qt,
+                            db_image_codes=stream.image_codes, db_text_codes=stream.text_codes),
+          "teacher": report(query_image_codes=teacher_out["image"][q],
+                            query_text_codes=teacher_out["text"][q],
+                            db_image_codes=teacher_out["image"][db],
+                            db_text_codes=teacher_out["text"][db])}
+      st = {k: curves["student"][k]["map"] for k in ("i2t", "t2i")}
+      te = {k: curves["teacher"][k]["map"] for k in ("i2t", "t2i")}
       ra = ev(query_image_codes=rand[q], query_text_codes=rand[q], db_image_codes=rand[db],
               db_text_codes=rand[db])
       fused = online.binarize(teacher_out["fused"])
@@ -345,6 +368,8 @@ def run_stream(config, bits: int, d: data_lib.CrossModalData, split: data_lib.Sp
             f"random {ra['i2t']:.4f} {ra['t2i']:.4f}", flush=True)
       writer.write((r + 1) * steps, {f"map/{k}": v for k, v in row.items()
                                      if k not in ("round", "db_size")})
+      row["metrics"] = curves
+      _write_round_metrics(config, workdir, bits, row)  # before the checkpoint that marks it done
       extra = {**stream.to_extra(),
                "history": np.array([[h[k] for k in keys] for h in history], np.float64)}
       ckpt.save((r + 1) * steps, state, extra=extra, force=True)
@@ -394,6 +419,81 @@ def plot_map_per_round(results: dict, path: str) -> None:
   plt.close(fig)
 
 
+_DIRECTIONS = (("i2t", "image -> text"), ("t2i", "text -> image"))
+
+
+def plot_retrieval_curves(curves: dict[str, dict], path: str, *, title: str,
+                          kinds: tuple[str, ...] = ("precision_at_n", "pr")) -> None:
+  """PNG of ``online.retrieval_report`` outputs: one row per kind (precision@N, PR by Hamming
+  radius), one column per direction; ``curves`` maps a legend name to a report."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(len(kinds), 2, figsize=(9, 3.6 * len(kinds)), squeeze=False)
+  for row, kind in enumerate(kinds):
+    for col, (direction, dname) in enumerate(_DIRECTIONS):
+      ax = axes[row][col]
+      for i, (name, rep) in enumerate(curves.items()):
+        m = rep[direction]
+        style = "--" if name.startswith("teacher") else "-"
+        colour = f"C{i // 2}" if len(curves) > 2 else f"C{i}"
+        if kind == "pr":
+          ax.plot(m["pr"]["recall"], m["pr"]["precision"], style, marker=".", color=colour,
+                  label=f"{name} (mAP {m['map']:.3f})")
+          ax.set_xlabel("recall")
+          ax.set_xlim(0, 1)
+        else:
+          ax.plot(m["precision_at_n"]["n"], m["precision_at_n"]["precision"], style, color=colour,
+                  label=f"{name} (mAP {m['map']:.3f})")
+          ax.set_xlabel("N (top-N retrieved)")
+      ax.set_ylabel("precision")
+      ax.set_ylim(0, 1.02)
+      ax.set_title(f"{'PR by Hamming radius' if kind == 'pr' else 'precision@N'}, {dname}",
+                   fontsize=9)
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=6)
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _round_path(workdir: str, bits: int, round_number: int, suffix: str) -> str:
+  return os.path.join(workdir, f"K{bits}", "rounds", f"round_{round_number:03d}{suffix}")
+
+
+def _write_round_metrics(config, workdir: str, bits: int, row: dict) -> None:
+  """``K<bits>/rounds/round_<r>.json`` (+ ``.png``): the round's flat row and its curves."""
+  if not parallel.is_main_process():
+    return
+  r = int(row["round"])
+  os.makedirs(os.path.dirname(_round_path(workdir, bits, r, ".json")), exist_ok=True)
+  save_json(_round_path(workdir, bits, r, ".json"), {"bits": bits, **row})
+  if config.eval.get("round_png", True):
+    plot_retrieval_curves({f"{name} {bits}b": m for name, m in row["metrics"].items()},
+                          _round_path(workdir, bits, r, ".png"),
+                          title=f"K={bits}, round {r}, database {int(row['db_size'])}")
+
+
+def _load_round_metrics(workdir: str, bits: int, round_number: int) -> dict | None:
+  """The curves a finished round wrote (None if its JSON is missing, e.g. an older run)."""
+  import json
+  path = _round_path(workdir, bits, round_number, ".json")
+  try:
+    with open(path) as f:
+      return json.load(f).get("metrics")
+  except (OSError, ValueError):
+    return None
+
+
+def _summary(history: list[dict]) -> dict:
+  """Last-round and average-over-rounds mAP of the student (both are reported in the literature)."""
+  keys = ("student_i2t", "student_t2i", "teacher_i2t", "teacher_t2i", "random_i2t", "random_t2i")
+  return {"rounds": len(history),
+          "last_round": {k: history[-1][k] for k in keys},
+          "average_over_rounds": {k: float(np.mean([h[k] for h in history])) for k in keys}}
+
+
 # ------------------------------------------------------------------------------------------- main
 
 
@@ -421,6 +521,18 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.student.teacher_sim_mode not in ("threshold", "soft"):
     raise ConfigError(f"config.student.teacher_sim_mode must be 'threshold' or 'soft'; got "
                      f"{config.student.teacher_sim_mode!r}.")
+  if config.clip.get("preprocess", "clip") not in features_lib.PREPROCESS_MODES:
+    raise ConfigError(f"config.clip.preprocess must be one of {features_lib.PREPROCESS_MODES} "
+                      f"(clip: OpenAI's resize + centre crop; squash: the old square resize); got "
+                      f"{config.clip.preprocess!r}.")
+  n_max, ns = config.eval.get("precision_n_max", 1000), tuple(config.eval.get("precision_ns", ()))
+  if (not ns and (not isinstance(n_max, int) or n_max < 1)) or any(
+      not isinstance(n, int) or n < 1 for n in ns):
+    raise ConfigError(f"precision@N needs positive integers: config.eval.precision_n_max="
+                      f"{n_max!r}, config.eval.precision_ns={ns!r} (e.g. (200,500,1000)).")
+  if config.get("tag_vocab") and not os.path.isfile(config.tag_vocab):
+    raise ConfigError(f"config.tag_vocab={config.tag_vocab!r} does not exist: give a text file "
+                      f"with one tag word per line (line j names BoW column j), or leave it empty.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -439,23 +551,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "chunk_size": config.stream.chunk_size, "clip": config.clip.name,
              "student_backbone": config.student.backbone,
              "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "bits": {}}
-  pr_curves = {}
+  results["text_source"], results["bow_source"] = d.text_source, d.bow_source
+  results["metrics_note"] = (
+      "per round (rounds[i].metrics) and for the last round (final.metrics), for the student and "
+      "the teacher, i2t = image queries vs text database and t2i = text queries vs image "
+      "database: map = mAP over the whole database streamed so far (DCMH calc_map), "
+      "precision_at_n = mean precision of the top-N list, pr = precision/recall of Hamming "
+      "radius 0..K (averaged over queries); summary = last-round and average-over-rounds mAP")
+  final_curves = {}
   for bits in config.bits:
     teacher, tparams = train_teacher(config, bits, feats, d, split, workdir, mesh)
     tout = teacher_outputs(teacher, tparams, feats, config.eval.batch_size)
     history, stream, student, sparams = run_stream(config, bits, d, split, tout, workdir, mesh)
-    results["bits"][str(bits)] = {"rounds": history, "final": history[-1] if history else None}
-    if config.eval.pr_curve and history and parallel.is_main_process():
-      q = split.query
-      qi = online.encode_in_batches(
-          lambda x: _encoder(student, "image")(sparams, x),
-          lambda idx: (data_lib.imagenet_normalize(
-              np.stack([d.image(int(i), config.student.image_size) for i in idx])),),
-          q, batch_size=config.eval.batch_size)
-      pr_curves[f"student {bits}b I->T"] = retrieval.pr_curve_by_radius(
-          qi, stream.text_codes, d.labels[q], d.labels[stream.indices])
-      pr_curves[f"teacher {bits}b I->T"] = retrieval.pr_curve_by_radius(
-          tout["image"][q], tout["text"][stream.indices], d.labels[q], d.labels[stream.indices])
+    results["bits"][str(bits)] = {"rounds": history, "final": history[-1] if history else None,
+                                  "summary": _summary(history) if history else None}
+    last = history[-1].get("metrics") if history else None
+    if last:
+      final_curves.update({f"{name} {bits}b": m for name, m in last.items()})
   results["time_s"] = round(time.time() - t0, 1)
   table = format_table(results)
   if parallel.is_main_process():
@@ -466,11 +578,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "results.txt"), "w") as f:
       f.write(table + "\n")
     plot_map_per_round(results, os.path.join(workdir, "map_per_round.png"))
-    if pr_curves:
-      retrieval.save_pr_curve_png(pr_curves, os.path.join(workdir, "pr_curves.png"),
-                                  title="PR by Hamming radius (last round)")
+    if final_curves:
+      plot_retrieval_curves(final_curves, os.path.join(workdir, "precision_at_n.png"),
+                            title="precision@N after the last round", kinds=("precision_at_n",))
+      if config.eval.pr_curve:
+        plot_retrieval_curves(final_curves, os.path.join(workdir, "pr_curves.png"),
+                              title="PR by Hamming radius after the last round", kinds=("pr",))
     print(f"results: {os.path.join(workdir, 'results.json')} (+ map_per_round.png, "
-          f"pr_curves.png); {results['time_s']} s", flush=True)
+          f"precision_at_n.png, pr_curves.png; per round: K<bits>/rounds/round_<r>.json/.png); "
+          f"{results['time_s']} s", flush=True)
   return results
 
 

@@ -31,36 +31,107 @@ def test_paths_layout_roundtrip(tmp_path, tiny):
   assert d.image(5, image_size=8).shape == (8, 8, 3)
 
 
-def test_dcmh_mirflickr_layout_without_captions(tmp_path):
+def _words(n):
+  """n distinct tag-like words without digits (so a made-up 'tag12' could not match them)."""
+  syl = ["ka", "lo", "mi", "su", "te", "ra", "no", "vi", "de", "po", "fu", "ze"]
+  return [a + b + c for a in syl for b in syl for c in syl][:n]
+
+
+def _fake_mirflickr(root, n=10, with_caption=False, seed=0):
   """A fake MIRFlickr file in the DCMH key layout (IAll/YAll/LAll, 24 labels, 1386-d tags)."""
-  r = np.random.default_rng(0)
-  n = 10
-  scipy.io.savemat(tmp_path / "mirflickr25k.mat", {
-      "IAll": r.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8),
-      "YAll": (r.random((n, 1386)) < 0.01).astype(np.float32),
-      "LAll": (r.random((n, 24)) < 0.2).astype(np.uint8)})
+  r = np.random.default_rng(seed)
+  tags = (r.random((n, 1386)) < 0.01).astype(np.float32)
+  tags[:, 5] = 1.0  # every item has a tag
+  keys = {"IAll": r.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8), "YAll": tags,
+          "LAll": (r.random((n, 24)) < 0.2).astype(np.uint8)}
+  if with_caption:
+    keys["caption"] = np.array([f"caption {i}" for i in range(n)], dtype=object)
+  scipy.io.savemat(root / "mirflickr25k.mat", keys)
+  return tags
+
+
+def test_dcmh_layout_without_captions_needs_tag_vocab_and_never_invents_text(tmp_path):
+  import re
+  tags = _fake_mirflickr(tmp_path)
+  # No captions and no tag names: a clear error naming what is missing and how to supply it.
+  with pytest.raises(data.DatasetError, match=r"no captions.*1386 BoW dimensions.*one word per "
+                     r"line.*1386 lines.*tag_vocab\.txt.*--config\.tag_vocab"):
+    data.load_dataset("mirflickr", tmp_path)
+  # With the tag vocabulary (one word per BoW column) the text is each item's own tag words.
+  vocab = _words(1386)
+  (tmp_path / "tag_vocab.txt").write_text("\n".join(vocab) + "\n")
   d = data.load_dataset("mirflickr", tmp_path)
-  assert d.tags.shape == (n, 1386) and d.labels.shape == (n, 24) and d.images.shape == (n, 8, 8, 3)
-  assert len(d.captions) == n
+  assert d.tags.shape == (10, 1386) and d.labels.shape == (10, 24) and d.images.shape == (10, 8, 8, 3)
+  np.testing.assert_array_equal(d.tags, tags)  # the student's BoW is YAll itself
+  for i in range(10):
+    assert d.captions[i].split() == [vocab[j] for j in np.flatnonzero(tags[i])]
+  assert not any(re.search(r"tag\d", c) for c in d.captions)  # the old placeholder text is gone
+  assert "tag_vocab.txt" in d.text_source and "YAll" in d.bow_source and "1386" in d.bow_source
+  # The vocabulary may also be passed explicitly, from anywhere; its length must match YAll.
+  (tmp_path / "tag_vocab.txt").unlink()
+  (tmp_path / "v.txt").write_text("\n".join(vocab))
+  assert data.load_dataset("mirflickr", tmp_path, tag_vocab=tmp_path / "v.txt").captions == d.captions
+  (tmp_path / "v.txt").write_text("\n".join(vocab[:-1]))
+  with pytest.raises(data.DatasetError, match="1385 words but the tag BoW has 1386"):
+    data.load_dataset("mirflickr", tmp_path, tag_vocab=tmp_path / "v.txt")
+  with pytest.raises(FileNotFoundError, match="tag_vocab="):
+    data.load_dataset("mirflickr", tmp_path, tag_vocab=tmp_path / "missing.txt")
+  # Captions in the file win; no vocabulary is needed then.
+  _fake_mirflickr(tmp_path, with_caption=True)
+  d = data.load_dataset("mirflickr", tmp_path)
+  assert d.captions[3] == "caption 3" and "'caption'" in d.text_source
 
 
-def test_dchmt_layout_with_caption_txt_builds_bow(tmp_path):
+def _dchmt(root, n=3):
   from PIL import Image
-  (tmp_path / "imgs").mkdir()
+  (root / "imgs").mkdir(exist_ok=True)
   paths = []
-  for i in range(3):
-    Image.fromarray(np.full((4, 4, 3), i * 40, np.uint8)).save(tmp_path / f"imgs/{i}.jpg")
+  for i in range(n):
+    Image.fromarray(np.full((4, 4, 3), i * 40, np.uint8)).save(root / f"imgs/{i}.jpg")
     paths.append(f"imgs/{i}.jpg")
-  cell = np.empty((3,), object)
+  cell = np.empty((n,), object)
   cell[:] = paths
-  scipy.io.savemat(tmp_path / "index.mat", {"index": cell})
-  scipy.io.savemat(tmp_path / "label.mat", {"category": np.eye(3, dtype=np.uint8)})
+  scipy.io.savemat(root / "index.mat", {"index": cell})
+  scipy.io.savemat(root / "label.mat", {"category": np.eye(n, dtype=np.uint8)})
+
+
+def test_dchmt_layout_with_caption_txt_builds_bow_only_without_tags(tmp_path):
+  _dchmt(tmp_path)
   (tmp_path / "caption.txt").write_text("a dog\na cat dog\nsky\n")
   d = data.load_dataset("coco", tmp_path)
-  assert d.tags.shape[0] == 3 and d.captions[1] == "a cat dog"
+  assert d.tags.shape == (3, 4) and d.captions[1] == "a cat dog"  # 4 distinct words
+  assert d.bow_source.startswith("BUILT") and "4-d" in d.bow_source  # the log says so, with size
   vocab_bow, vocab = data.bow_from_captions(d.captions)
   assert vocab[:2] == ["a", "dog"]
   np.testing.assert_array_equal(vocab_bow[1, :2], [1, 1])
+  np.testing.assert_array_equal(d.tags, vocab_bow)
+  # With a tag vocabulary the built BoW has exactly its dimensions, in its order.
+  (tmp_path / "tag_vocab.txt").write_text("sky\ndog\ncat\nbird\n")
+  d = data.load_dataset("coco", tmp_path)
+  np.testing.assert_array_equal(d.tags, [[0, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0]])
+  assert "BUILT" in d.bow_source and "4-d" in d.bow_source and "tag vocabulary" in d.bow_source
+
+
+def test_dchmt_layout_uses_the_datasets_own_tag_vectors(tmp_path):
+  """MIRFlickr in the DCHMT layout with its 1386-d tag matrix: the student reads it unchanged."""
+  _dchmt(tmp_path)
+  scipy.io.savemat(tmp_path / "caption.mat", {"caption": np.array(["a dog", "cat", "sky"], object)})
+  own = (np.random.default_rng(0).random((3, 1386)) < 0.01).astype(np.float32)
+  own[:, 7] = 1
+  scipy.io.savemat(tmp_path / "tag.mat", {"YAll": own})
+  d = data.load_dataset("mirflickr", tmp_path)
+  np.testing.assert_array_equal(d.tags, own)
+  assert d.captions == ["a dog", "cat", "sky"]
+  assert d.bow_source == "the dataset's own: tag.mat key 'YAll', 1386-d"
+  # No caption file: the text is the tag words, which need the vocabulary.
+  (tmp_path / "caption.mat").unlink()
+  with pytest.raises(data.DatasetError, match="no captions.*tag_vocab"):
+    data.load_dataset("mirflickr", tmp_path)
+  vocab = _words(1386)
+  (tmp_path / "tag_vocab.txt").write_text("\n".join(vocab))
+  d = data.load_dataset("mirflickr", tmp_path)
+  assert d.captions[0].split() == [vocab[j] for j in np.flatnonzero(own[0])]
+  np.testing.assert_array_equal(d.tags, own)
 
 
 def test_missing_dataset_message(tmp_path):
@@ -113,7 +184,8 @@ def test_matlab_order_images_are_moved_to_nhwc(tmp_path):
   r = np.random.default_rng(1)
   nhwc = r.integers(0, 255, (5, 8, 8, 3), dtype=np.uint8)
   scipy.io.savemat(tmp_path / "nuswide.mat", {"images": nhwc.transpose(1, 2, 3, 0),  # H,W,3,N
-                                              "YAll": np.zeros((5, 4)), "LAll": np.eye(5)})
+                                              "YAll": np.zeros((5, 4)), "LAll": np.eye(5),
+                                              "tag_vocab": np.array(list("abcd"), object)})
   d = data.load_dataset("nuswide", tmp_path)
   np.testing.assert_array_equal(d.images, nhwc)
 

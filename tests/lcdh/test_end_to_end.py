@@ -38,11 +38,32 @@ def test_tiny_demo_beats_random_and_resumes(tmp_path, capsys):
   student = (final["student_i2t"] + final["student_t2i"]) / 2
   random = (final["random_i2t"] + final["random_t2i"]) / 2
   assert student > random + 0.03, final
-  for name in ("results.json", "results.txt", "map_per_round.png", "pr_curves.png"):
+  for name in ("results.json", "results.txt", "map_per_round.png", "pr_curves.png",
+               "precision_at_n.png"):
     assert os.path.exists(os.path.join(wd, name)), name
   with open(os.path.join(wd, "results.json")) as f:
     saved = json.load(f)
   assert saved["bits"]["16"]["final"]["db_size"] == 300
+  # Every round (the resumed ones too) wrote mAP@all, precision@N and PR curves of both
+  # directions for student and teacher, as JSON and PNG; the final result holds the last round's.
+  for r, row in enumerate(rounds, start=1):
+    assert os.path.exists(os.path.join(wd, "K16", "rounds", f"round_{r:03d}.png"))
+    with open(os.path.join(wd, "K16", "rounds", f"round_{r:03d}.json")) as f:
+      per_round = json.load(f)
+    assert per_round["metrics"] == row["metrics"] and per_round["round"] == r
+    for model in ("student", "teacher"):
+      for direction in ("i2t", "t2i"):
+        m = row["metrics"][model][direction]
+        assert m["map"] == pytest.approx(row[f"{model}_{direction}"], abs=1e-6)
+        assert m["precision_at_n"]["n"] == list(range(1, 100 * r + 1))  # every N up to the db
+        assert len(m["precision_at_n"]["precision"]) == 100 * r
+        assert m["pr"]["radius"] == list(range(17)) and len(m["pr"]["recall"]) == 17
+        assert m["pr"]["recall"][-1] == pytest.approx(1.0)  # radius K retrieves everything
+  assert saved["bits"]["16"]["final"]["metrics"] == rounds[-1]["metrics"]
+  summary = saved["bits"]["16"]["summary"]
+  assert summary["last_round"]["student_i2t"] == final["student_i2t"]
+  assert summary["average_over_rounds"]["student_t2i"] == pytest.approx(
+      np.mean([h["student_t2i"] for h in rounds]))
   from train.checkpoint import Checkpointer
   cfg = tiny_config()
   ck = Checkpointer(os.path.join(wd, "K16", "student"))
@@ -68,10 +89,39 @@ def test_missing_dataset_and_vgg_weights_fail_clearly(tmp_path):
     lcdh.build_student(c, 16, 10)
 
 
+def test_missing_text_fails_clearly_before_training(tmp_path, capsys):
+  """A DCMH-style MIRFlickr file without captions and without tag words stops with the fix."""
+  import scipy.io
+  from train.config_lib import ConfigError
+  root = tmp_path / "mirflickr"
+  root.mkdir()
+  scipy.io.savemat(root / "mirflickr25k.mat", {"IAll": np.zeros((6, 8, 8, 3), np.uint8),
+                                               "YAll": np.eye(6, 4), "LAll": np.eye(6, 3)})
+  c = lcdh_config.get_config("mirflickr")
+  c.data_root = str(root)
+  c.split.num_query, c.split.num_train = 2, 2
+  with pytest.raises(ConfigError, match="no captions.*tag_vocab.txt"):
+    lcdh.prepare_data(c, str(tmp_path / "wd"))
+  (root / "tag_vocab.txt").write_text("sky\ndog\ncat\nsea\n")
+  d, _ = lcdh.prepare_data(c, str(tmp_path / "wd"))
+  assert d.captions[:5] == ["sky", "dog", "cat", "sea", ""]  # item 5 has no tags: empty, not made up
+  out = capsys.readouterr().out
+  assert "teacher text = tag words" in out and "student text input = the dataset's own" in out
+
+
 def test_presets_and_unknown_preset():
   for name in ("demo", "tiny", "mirflickr", "nuswide", "iapr", "coco"):
     c = lcdh_config.get_config(name)
     assert c.seed == 0 and c.checkpoint.max_to_keep > 0 and c.log_every_steps > 0
+    assert c.stream.merge_remainder and c.clip.preprocess == "clip"
+    if name not in ("demo", "tiny"):
+      assert tuple(c.bits) == (16, 32, 64, 128)
+  # Published numbers are labelled and none is a target (LCDH's own table was not reachable).
+  for ref in lcdh_config.REFERENCES:
+    assert {"paper", "table", "protocol", "figure", "bits", "map_i2t", "map_t2i"} <= set(ref)
+    assert ref["comparable"] is False and len(ref["bits"]) == len(ref["map_i2t"]) == len(ref["map_t2i"])
+  assert "average over rounds" in [r["figure"] for r in lcdh_config.REFERENCES]
+  assert "Targets: NONE" in lcdh_config.__doc__
   assert lcdh_config.get_config("mirflickr").split.num_query == 2000
   assert lcdh_config.get_config("nuswide").split.num_query == 2100
   assert lcdh_config.get_config("coco").split.num_query == 5000
@@ -84,6 +134,9 @@ def test_presets_and_unknown_preset():
     ("student.batch_size", 30, "multiple of the"),
     ("stream.chunk_size", 0, "chunk_size must be > 0"),
     ("student.distill_mode", "kl", "distill_mode"),
+    ("clip.preprocess", "stretch", "clip.preprocess"),
+    ("eval.precision_ns", (0, 10), "precision@N"),
+    ("tag_vocab", "/nonexistent/tags.txt", "tag_vocab"),
 ])
 def test_bad_config_fails_before_training(tmp_path, key, value, match):
   with pytest.raises(ValueError, match=match):

@@ -13,15 +13,32 @@ from lcdh_jax import data, models, online
 def test_stream_chunks_partition_database_and_exclude_queries():
   split = data.split_indices(50, num_query=10, num_train=20, seed=0)
   chunks = online.make_stream(split.database, chunk_size=12)
-  assert [len(c) for c in chunks] == [12, 12, 12, 4]
+  assert [len(c) for c in chunks] == [12, 12, 16]  # the remainder of 4 joins the last chunk
   all_idx = np.concatenate(chunks)
   np.testing.assert_array_equal(all_idx, split.database)
   assert not set(all_idx) & set(split.query)
+  kept = online.make_stream(split.database, chunk_size=12, merge_remainder=False)
+  assert [len(c) for c in kept] == [12, 12, 12, 4]
+  np.testing.assert_array_equal(np.concatenate(kept), split.database)
   assert len(online.make_stream(split.database, chunk_size=12, num_rounds=2)) == 2
+  assert [len(c) for c in online.make_stream(split.database, chunk_size=100)] == [40]
   with pytest.raises(ValueError, match="empty"):
     online.make_stream(np.zeros((0,), int), chunk_size=4)
   with pytest.raises(ValueError, match="chunk_size"):
     online.make_stream(split.database, chunk_size=0)
+
+
+def test_stream_on_mirflickr_sizes():
+  """MIRFlickr-25K: 20015 items, 2000 queries -> 18015 database items in chunks of 2000."""
+  split = data.split_indices(20015, num_query=2000, num_train=10000, seed=0)
+  assert split.database.size == 18015
+  chunks = online.make_stream(split.database, chunk_size=2000)
+  assert len(chunks) == 9 and [len(c) for c in chunks] == [2000] * 8 + [2015]
+  np.testing.assert_array_equal(np.concatenate(chunks), split.database)
+  kept = online.make_stream(split.database, chunk_size=2000, merge_remainder=False)
+  assert [len(c) for c in kept] == [2000] * 9 + [15]
+  exact = online.make_stream(np.arange(18000), chunk_size=2000)  # no remainder: nothing merged
+  assert [len(c) for c in exact] == [2000] * 9
 
 
 def test_anchors_come_from_old_chunks_only_and_are_seeded():
@@ -126,3 +143,42 @@ def test_encode_in_batches_pads_and_binarizes():
   assert codes.shape == (10, 4) and codes.dtype == np.int8
   assert all(s == (4, 4) for s in calls)  # one compiled shape
   np.testing.assert_array_equal(codes[:, 0], np.where(arr[:, 0] - 0.5 >= 0, 1, -1))
+
+
+def test_precision_grid():
+  np.testing.assert_array_equal(online.precision_grid(db_size=5000), np.arange(1, 1001))
+  np.testing.assert_array_equal(online.precision_grid(db_size=300), np.arange(1, 301))
+  np.testing.assert_array_equal(online.precision_grid(db_size=3000, ns=(5000, 200, 1000)),
+                                [200, 1000])
+  np.testing.assert_array_equal(online.precision_grid(db_size=100, ns=(200, 500)), [100])
+  with pytest.raises(ValueError, match="positive"):
+    online.precision_grid(db_size=10, ns=(0, 5))
+
+
+def test_retrieval_report_both_directions_on_a_hand_built_case():
+  """4 bits, 1 query, 4 database items; image and text codes differ so the directions differ."""
+  q_img = np.array([[1, 1, 1, 1]])
+  q_txt = np.array([[-1, -1, -1, -1]])
+  db_txt = np.array([[1, 1, 1, 1], [1, 1, 1, -1], [-1, -1, 1, 1], [-1, -1, -1, -1]])
+  db_img = -db_txt                       # distances from q_txt to db_img = those from q_img to db_txt
+  db_img[1] = [1, 1, 1, 1]               # ... except item 1, now at distance 4 from q_txt
+  ql = np.array([[1, 0]])
+  dbl = np.array([[1, 0], [0, 1], [1, 1], [0, 1]])  # relevant: items 0 and 2
+  rep = online.retrieval_report(query_image_codes=q_img, query_text_codes=q_txt, query_labels=ql,
+                                db_image_codes=db_img, db_text_codes=db_txt, db_labels=dbl,
+                                ns=np.array([1, 2, 3, 4]))
+  # i2t: distances 0, 1, 2, 4 -> ranks 0, 1, 2, 3; relevant at ranks 1 and 3 -> AP = (1 + 2/3) / 2.
+  i2t = rep["i2t"]
+  assert i2t["map"] == pytest.approx((1 + 2 / 3) / 2, abs=1e-6)
+  assert i2t["precision_at_n"] == {"n": [1, 2, 3, 4], "precision": [1.0, 0.5, 0.666667, 0.5]}
+  assert i2t["pr"]["radius"] == [0, 1, 2, 3, 4]
+  assert i2t["pr"]["precision"] == [1.0, 0.5, 0.666667, 0.666667, 0.5]
+  assert i2t["pr"]["recall"] == [0.5, 0.5, 1.0, 1.0, 1.0]
+  # t2i: distances 0, 4, 2, 4 -> order 0, 2, 1, 3: both relevant first -> AP 1.
+  t2i = rep["t2i"]
+  assert t2i["map"] == 1.0
+  assert t2i["precision_at_n"]["precision"] == [1.0, 1.0, 0.666667, 0.5]
+  assert t2i["pr"]["precision"] == [1.0, 1.0, 1.0, 1.0, 0.5]
+  assert t2i["pr"]["recall"] == [0.5, 0.5, 1.0, 1.0, 1.0]
+  import json
+  assert json.loads(json.dumps(rep)) == rep  # JSON-ready, and a round trip is exact
