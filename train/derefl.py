@@ -344,12 +344,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
+# Settings a rerun in the same --workdir may change (besides train.config_lib.SHARED_RESUMABLE_KEYS,
+# which include num_steps): evaluation-only settings and the loader's worker count.
+RESUMABLE_KEYS = ("eval.*", "data.num_workers", "data.eval_pairs", "data.test_sets")
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  """Settings checked before any data or model is built (`ConfigError` -> one `error:` line)."""
+  from train import config_lib
+  try:
+    build(config)
+  except (ValueError, TypeError) as e:
+    raise config_lib.ConfigError(f"config.model: {e} Fix the --config.model.* override.") from None
+  config_lib.require_choice(config, "data.source", ("demo", "files"))
+  config_lib.require_choice(config, "synthesis.recipe", ("dsrnet", "zhang"))
+  config_lib.require_choice(config, "optim.schedule", ("constant", "cosine"))
+  config_lib.require_positive(config, "num_steps", "eval.batch_size", "checkpoint.every_steps",
+                              "log_every_steps")
+  parallel.local_batch_size(int(config.data.batch_size), key="data.batch_size")
+
+
 def main(argv=None):
-  return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv)
+  """`python -m train.derefl`: user errors print one `error:` line and exit with code 2 (train.cli)."""
+  return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv,
+                 resumable_keys=RESUMABLE_KEYS, validate=_validate)
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except (FileNotFoundError, data_lib.ImageReadError) as e:
-    raise SystemExit(f"error: {e}") from None
+  main()

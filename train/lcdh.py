@@ -89,7 +89,8 @@ def _tokenizer(config, captions):
   from backbones_jax import tokenizer as tok_lib
   if config.clip.name == "tiny":
     return tok_lib.WordTokenizer.from_texts(list(captions), context_length=16)
-  return tok_lib.CLIPTokenizer(config.clip.name)
+  # clip.tokenizer: needed when clip.name is an OpenAI .pt file (it holds no tokenizer files)
+  return tok_lib.CLIPTokenizer(config.clip.get("tokenizer") or config.clip.name)
 
 
 def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
@@ -590,16 +591,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
+# Settings a rerun in the same --workdir may change (besides train.config_lib.SHARED_RESUMABLE_KEYS):
+# more rounds, other code lengths (each has its own K<bits>/ stream), and settings that do not
+# change what is computed. Anything else stops the rerun (docs/reliability.md).
+RESUMABLE_KEYS = ("stream.num_rounds", "bits", "eval.pr_curve", "student.data_threads", "clip.batch_size")
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  from train import config_lib
+  validate_config(config, jax.device_count())
+  config_lib.require_choice(config, "dataset", sorted({"synthetic", *data_lib.DATASETS}))
+  config_lib.require_choice(config, "student.backbone", ("small_cnn", "vgg16"))
+  name, tok = config.clip.name, config.clip.get("tokenizer", "")
+  if name != "tiny" and not tok and (os.path.isfile(name) or name.endswith((".pt", ".pth"))):
+    raise config_lib.ConfigError(
+        f"config.clip.name={name!r} is a checkpoint file, which holds no tokenizer: pass "
+        "--config.clip.tokenizer=<a local CLIP tokenizer directory with vocab.json and merges.txt, "
+        "or a hub id such as openai/clip-vit-base-patch32>.")
+
+
 def main(argv=None):
-  # One JAX CPU device computes on about one core: on CPU-only hosts split the batch over 2
-  # devices (must be set before the backend starts; an explicit XLA_FLAGS wins).
-  os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
-  import sys
-  from train import cli, config_lib
-  try:
-    return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv)
-  except (FileNotFoundError, config_lib.ConfigError) as e:  # missing data/weights, bad settings
-    sys.exit(f"error: {e}")
+  """`python -m train.lcdh`: user errors print one `error:` line and exit with code 2 (train.cli)."""
+  from train import cli
+  return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv,
+                 resumable_keys=RESUMABLE_KEYS, validate=_validate)
 
 
 if __name__ == "__main__":

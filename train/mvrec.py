@@ -364,13 +364,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
+# Settings a rerun in the same --workdir may change (besides train.config_lib.SHARED_RESUMABLE_KEYS):
+# which categories to evaluate (finished ones are reused) and settings that do not change results.
+RESUMABLE_KEYS = ("categories", "plots", "protocol.num_devices", "views.batch_size")
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  """Settings checked before any data or model is built."""
+  from mvrec_jax import adapters, episodes  # pylint: disable=import-outside-toplevel
+  from train import config_lib  # pylint: disable=import-outside-toplevel
+  config_lib.require_choice(config, "source", ("synthetic", "mvtec_fs", "official_features"))
+  config_lib.require_choice(config, "protocol.classifiers", episodes.CLASSIFIERS)
+  config_lib.require_choice(config, "protocol.precision", adapters.PRECISIONS)
+  config_lib.require_positive(config, "protocol.shots", "zip_f.steps", "tip_f.steps")
+  config_lib.require_positive(config, "protocol.seeds", "protocol.num_devices", allow_zero=True)
+
+
 def main(argv=None):
-  import sys  # pylint: disable=import-outside-toplevel
+  """`python -m train.mvrec`: user errors print one `error:` line and exit with code 2 (train.cli)."""
   from train import cli  # pylint: disable=import-outside-toplevel  (train/__init__ sets the CPU device count)
-  try:
-    return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv)
-  except FileNotFoundError as e:  # missing data / checkpoint / buffers: the message says what to pass
-    sys.exit(f"error: {e}")
+  return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv,
+                 resumable_keys=RESUMABLE_KEYS, validate=_validate)
 
 
 if __name__ == "__main__":

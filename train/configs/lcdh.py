@@ -91,6 +91,7 @@ def _base() -> ml_collections.ConfigDict:
 
   c.clip = ml_collections.ConfigDict()
   c.clip.name = "openai/clip-vit-base-patch32"  # hub id, local HF dir, OpenAI .pt, or "tiny"
+  c.clip.tokenizer = ""            # "" -> clip.name; required when clip.name is an OpenAI .pt file
   c.clip.tiny_width = 64          # only for name="tiny" (random weights, offline demo)
   c.clip.tiny_layers = 2
   c.clip.tiny_image_size = 32
