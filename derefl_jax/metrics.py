@@ -10,6 +10,12 @@ and PSNR / SSIM are computed per RGB channel with scikit-image
 over the region that excludes a 3-pixel border). Values are averaged over
 channels, then over images.
 
+Inputs. Channels-last images (NHWC or HWC, 1 or 3 channels) as floats in [0, 1]; uint8 and
+uint16 images are converted by dividing by 255 / 65535 (so uint8 and the same image /255 give the
+same number). Refused with a ValueError: channel-first arrays, other channel counts, NaN/inf,
+other integer dtypes, and a float target outside [-0.5, 1.5] (an image in [0, 255] passed as
+float, which would otherwise give about -43 dB).
+
 Numerics. scikit-image computes SSIM in float64 as ``E[x^2] - E[x]^2``. In
 float32 that difference loses ~1e-2 (in 255 units) to cancellation, which is
 large next to ``C2 = 58.5``. Here the local (co)variances are computed from
@@ -43,23 +49,68 @@ def _compute_dtype():
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
-def _prepare(pred, target, name: str):
-    """Validates shapes, adds a batch axis to HWC input, clips pred, scales by 255."""
-    pred = jnp.asarray(pred)
-    target = jnp.asarray(target)
-    if pred.shape != target.shape:
+_UINT_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def _as_unit_float(x, what: str, name: str):
+    """uint8 / uint16 -> float in [0, 1] (divided by 255 / 65535); other integer or bool dtypes are refused."""
+    x = x if isinstance(x, jax.Array) else np.asarray(x)
+    dt = np.dtype(x.dtype)
+    if dt in _UINT_SCALE:
+        return jnp.asarray(x).astype(_compute_dtype()) / _UINT_SCALE[dt]
+    if not jnp.issubdtype(dt, jnp.floating):
         raise ValueError(
-            f"{name}: pred and target must have the same shape, got {pred.shape} and {target.shape}."
+            f"{name}: {what} has dtype {dt}; pass float images in [0, 1] (or uint8 / uint16 images, "
+            f"which are divided by 255 / 65535)."
         )
+    return jnp.asarray(x).astype(_compute_dtype())
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _prepare(pred, target, name: str):
+    """Validates dtypes, layout and values, adds a batch axis to HWC input, clips pred, scales by 255.
+
+    Refused (ValueError) rather than silently wrong: channel-first layouts, a channel count other
+    than 1 or 3, NaN/inf in either image, integer dtypes other than uint8/uint16, and a float
+    target outside [-0.5, 1.5] (an image in [0, 255] passed as float). uint8 / uint16 inputs are
+    converted to [0, 1] by their full range.
+    """
+    pred_shape, target_shape = np.shape(pred), np.shape(target)
+    if pred_shape != target_shape:
+        raise ValueError(
+            f"{name}: pred and target must have the same shape, got {pred_shape} and {target_shape}."
+        )
+    shape = pred_shape
+    if len(shape) not in (3, 4):
+        raise ValueError(
+            f"{name}: expected NHWC (or HWC) images in [0, 1], got shape {shape}."
+        )
+    if shape[-1] not in (1, 3):
+        cf = shape[-3] in (1, 3)
+        raise ValueError(
+            f"{name}: expected channels-last NHWC (or HWC) images with 1 or 3 channels, got shape {shape}"
+            + (f"; this looks channel-first: transpose it, e.g. x.transpose(0, 2, 3, 1)." if cf else ".")
+        )
+    pred = _as_unit_float(pred, "pred", name)
+    target = _as_unit_float(target, "target", name)
+    if _is_concrete(pred) and _is_concrete(target):
+        for what, x in (("pred", pred), ("target", target)):
+            bad = int(jnp.sum(~jnp.isfinite(x)))
+            if bad:
+                raise ValueError(f"{name}: {what} has {bad} NaN/inf values; metrics of such images are meaningless.")
+        lo, hi = float(jnp.min(target)), float(jnp.max(target))
+        if lo < -0.5 or hi > 1.5:
+            raise ValueError(
+                f"{name}: target values span [{lo:g}, {hi:g}]; expected float images in [0, 1] "
+                f"(divide images in [0, 255] by 255, or pass them as uint8)."
+            )
     if pred.ndim == 3:
         pred, target = pred[None], target[None]
-    if pred.ndim != 4:
-        raise ValueError(
-            f"{name}: expected NHWC (or HWC) images in [0, 1], got shape {pred.shape}."
-        )
-    dtype = _compute_dtype()
-    pred = jnp.clip(pred.astype(dtype), 0.0, 1.0) * DATA_RANGE
-    target = target.astype(dtype) * DATA_RANGE
+    pred = jnp.clip(pred, 0.0, 1.0) * DATA_RANGE
+    target = target * DATA_RANGE
     return pred, target
 
 
@@ -78,7 +129,7 @@ def _psnr_per_image(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def psnr(pred, target, *, reduction: str = "mean") -> jax.Array:
-    """PSNR in dB, (B, H, W, C) x2 in [0, 1] -> () (or (B,) with reduction='none').
+    """PSNR in dB, (B, H, W, C) x2 in [0, 1] (or uint8) -> () (or (B,) with reduction='none').
 
     Per channel ``10 log10(255^2 / MSE)`` on ``clip(pred) * 255`` vs ``target * 255``,
     averaged over channels, then images. A channel with MSE = 0 gives +inf, as in
@@ -128,7 +179,7 @@ def _ssim_per_image(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def ssim(pred, target, *, reduction: str = "mean") -> jax.Array:
-    """Mean SSIM, (B, H, W, C) x2 in [0, 1] -> () (or (B,) with reduction='none').
+    """Mean SSIM, (B, H, W, C) x2 in [0, 1] (or uint8) -> () (or (B,) with reduction='none').
 
     scikit-image ``structural_similarity(data_range=255)`` semantics per channel
     (7x7 uniform window, sample covariance, K1=0.01, K2=0.03, 3-pixel border

@@ -116,3 +116,46 @@ def test_resize_to_multiple():
     assert metrics.resize_to_multiple(same) is same
     with pytest.raises(ValueError, match="smaller than 32"):
         metrics.resize_to_multiple(np.zeros((20, 40, 3), np.uint8))
+
+
+def test_uint8_images_are_converted_not_misread():
+    """uint8 input is divided by 255: the same number as the [0, 1] floats (not about -43 dB)."""
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)
+    pred = np.clip(target.astype(np.int16) + rng.integers(-6, 7, target.shape), 0, 255).astype(np.uint8)
+    want_p = float(metrics.psnr(pred / 255.0, target / 255.0))
+    want_s = float(metrics.ssim(pred / 255.0, target / 255.0))
+    assert want_p > 30
+    assert float(metrics.psnr(pred, target)) == pytest.approx(want_p, abs=1e-4)
+    assert float(metrics.ssim(pred, target)) == pytest.approx(want_s, abs=1e-6)
+    assert float(metrics.psnr(pred / 255.0, target)) == pytest.approx(want_p, abs=1e-4)  # mixed dtypes
+    ref_p, ref_s = reference(pred / 255.0, target / 255.0)
+    assert float(metrics.psnr(pred, target)) == pytest.approx(ref_p.mean(), abs=1e-4)
+    with pytest.raises(ValueError, match=r"target values span \[0, 255\].*divide"):
+        metrics.psnr(pred.astype(np.float32), target.astype(np.float32))
+    with pytest.raises(ValueError, match="dtype int32"):
+        metrics.ssim(pred.astype(np.int32), target.astype(np.int32))
+
+
+def test_channel_first_nan_and_bad_shapes_are_refused():
+    x = np.random.default_rng(4).random((2, 3, 16, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="channel-first"):
+        metrics.psnr(x, x)
+    with pytest.raises(ValueError, match="channel-first"):
+        metrics.ssim(x[0], x[0])
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        metrics.psnr(np.zeros((4, 16, 16)), np.zeros((4, 16, 16)))  # a grayscale batch without C
+    y = np.moveaxis(x, 1, -1).copy()
+    y[0, 3, 3, 1] = np.nan
+    with pytest.raises(ValueError, match="pred has 1 NaN/inf"):
+        metrics.psnr(y, np.moveaxis(x, 1, -1))
+    with pytest.raises(ValueError, match="target has 1 NaN/inf"):
+        metrics.ssim(np.moveaxis(x, 1, -1), y)
+
+
+def test_metrics_still_work_under_jit():
+    rng = np.random.default_rng(5)
+    t = rng.random((1, 12, 12, 3)).astype(np.float32)
+    p = np.clip(t + 0.05 * rng.standard_normal(t.shape), 0, 1).astype(np.float32)
+    jitted = jax.jit(lambda a, b: metrics.psnr(a, b))
+    assert float(jitted(p, t)) == pytest.approx(float(metrics.psnr(p, t)), abs=1e-4)
