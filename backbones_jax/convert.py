@@ -29,7 +29,7 @@ from backbones_jax import torch_pickle
 from backbones_jax.clip import CLIP, CLIPSpec, CLIPTextSpec, CLIPVisionSpec, abstract_params
 
 __all__ = [
-    "CheckpointMismatchError", "HF_CLIP_TABLE", "OPENAI_CLIP_TABLE", "HF_IGNORED",
+    "CheckpointMismatchError", "CheckpointFormatError", "read_state_dict", "HF_CLIP_TABLE", "OPENAI_CLIP_TABLE", "HF_IGNORED",
     "OPENAI_IGNORED", "convert_state_dict", "check_params", "flatten", "unflatten",
     "infer_openai_spec", "load_hf_clip", "load_openai_clip", "load_clip", "strip_prefix",
     "is_openai_state_dict", "to_params", "openai_visual_table", "OPENAI_TEXT_TABLE",
@@ -38,6 +38,34 @@ __all__ = [
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint does not fit the model: lists missing, unexpected and mis-shaped keys."""
+
+
+class CheckpointFormatError(ValueError):
+  """A weights file that cannot be read (truncated, corrupt or another format): names the file and
+  the format that was expected."""
+
+
+TORCH_FORMAT = ("a PyTorch checkpoint (a torch.save zip archive or legacy pickle, or a TorchScript "
+                "archive) holding a state dict")
+SAFETENSORS_FORMAT = "a safetensors file (8-byte header length, JSON header, tensor data)"
+MSGPACK_FORMAT = "Flax msgpack (flax.serialization.to_bytes of the CLIP params)"
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "CLIP") -> dict[str, np.ndarray]:
+  """``torch_pickle.load_state_dict`` whose read errors name the file and the expected format.
+
+  Raises FileNotFoundError (missing file) or CheckpointFormatError (anything that cannot be read).
+  """
+  path = os.fspath(path)
+  expected = SAFETENSORS_FORMAT if path.endswith(".safetensors") else TORCH_FORMAT
+  try:
+    return torch_pickle.load_state_dict(path)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # noqa: BLE001 - struct/json/zip/pickle/reshape errors of a bad file
+    raise CheckpointFormatError(
+        f"{path} cannot be read as {expected} of {what} weights ({type(e).__name__}: {e}). The file is "
+        "truncated, corrupt or of another format: download it again, or pass the right file.") from e
 
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -331,8 +359,12 @@ def infer_openai_spec(state_dict: dict[str, np.ndarray], *, require_text: bool =
 
 def _read_hf_config(path: str):
   import transformers  # pylint: disable=g-import-not-at-top
-  with open(path) as f:
-    raw = json.load(f)
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except ValueError as e:
+    raise CheckpointFormatError(f"{path} is not valid JSON ({e}); a Hugging Face CLIP directory needs "
+                                "its config.json as saved by transformers.") from None
   mt = raw.get("model_type", "clip")
   if mt != "clip":
     raise ValueError(f"{path}: model_type {mt!r} is not a full CLIP ('clip'); vision- or "
@@ -345,21 +377,28 @@ def _hf_weights(directory: str) -> tuple[dict[str, np.ndarray], str, str]:
   d = directory
   msgpack = os.path.join(d, "flax_model.msgpack")
   if os.path.isfile(msgpack):
-    with open(msgpack, "rb") as f:
-      tree = flax.serialization.msgpack_restore(f.read())
+    try:
+      with open(msgpack, "rb") as f:
+        tree = flax.serialization.msgpack_restore(f.read())
+      if not isinstance(tree, dict):
+        raise ValueError(f"top level is a {type(tree).__name__}, not a dict")
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types on a bad file
+      raise CheckpointFormatError(
+          f"{msgpack} cannot be read as {MSGPACK_FORMAT} ({type(e).__name__}: {e}). The file is "
+          "truncated or corrupt: download it again.") from e
     if set(tree) == {"params"}:
       tree = tree["params"]
     return {k: np.asarray(v) for k, v in flatten(tree).items()}, "flax", msgpack
   for single, index in (("model.safetensors", "model.safetensors.index.json"),
                         ("pytorch_model.bin", "pytorch_model.bin.index.json")):
     if os.path.isfile(os.path.join(d, single)):
-      return torch_pickle.load_state_dict(os.path.join(d, single)), "torch", os.path.join(d, single)
+      return read_state_dict(os.path.join(d, single)), "torch", os.path.join(d, single)
     if os.path.isfile(os.path.join(d, index)):
       with open(os.path.join(d, index)) as f:
         shards = sorted(set(json.load(f)["weight_map"].values()))
       sd = {}
       for shard in shards:
-        sd.update(torch_pickle.load_state_dict(os.path.join(d, shard)))
+        sd.update(read_state_dict(os.path.join(d, shard)))
       return sd, "torch", os.path.join(d, index)
   raise FileNotFoundError(
       f"{d} has no weights: expected flax_model.msgpack, model.safetensors or pytorch_model.bin "
@@ -391,7 +430,7 @@ def load_hf_clip(directory: str, dtype=jnp.float32, param_dtype=jnp.float32, rem
 
 def load_openai_clip(path: str, dtype=jnp.float32, param_dtype=jnp.float32, remat=False):
   """(model, params) from an OpenAI CLIP ``.pt`` (TorchScript archive or plain state dict)."""
-  sd = strip_prefix(torch_pickle.load_state_dict(path), "module.")
+  sd = strip_prefix(read_state_dict(path, "OpenAI CLIP"), "module.")
   if not is_openai_state_dict(sd):
     if any(k.startswith(("text_model.", "vision_model.")) for k in sd):
       raise ValueError(f"{path} holds Hugging Face-named CLIP weights: put it in a directory "

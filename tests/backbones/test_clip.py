@@ -183,6 +183,44 @@ def test_loading_errors(tmp_path, torch_clip, tiny_spec):
     clip.load_clip(str(tmp_path / "other.pt"))
 
 
+def test_corrupt_weight_files_name_the_file_and_format(tmp_path, torch_clip):
+  """Random bytes, a truncated safetensors and a truncated torch zip: an error naming the file and
+  the format it should have had, never OverflowError / a reshape error."""
+  import safetensors.numpy as stn
+  rng = np.random.default_rng(0)
+  (tmp_path / "random.safetensors").write_bytes(rng.bytes(2000))
+  (tmp_path / "random.pt").write_bytes(rng.bytes(2000))
+  (tmp_path / "empty.pt").write_bytes(b"")
+  stn.save_file({"w": np.ones((64, 64), np.float32)}, str(tmp_path / "good.safetensors"))
+  full = (tmp_path / "good.safetensors").read_bytes()
+  (tmp_path / "truncated.safetensors").write_bytes(full[:len(full) // 2])
+  torch.save({k: v for k, v in torch_clip.state_dict().items()}, tmp_path / "full.pt")
+  full = (tmp_path / "full.pt").read_bytes()
+  (tmp_path / "truncated.pt").write_bytes(full[:len(full) // 2])
+  cases = {"random.safetensors": "safetensors file", "truncated.safetensors": "safetensors file",
+           "random.pt": "PyTorch checkpoint", "empty.pt": "PyTorch checkpoint",
+           "truncated.pt": "PyTorch checkpoint"}
+  for name, fmt in cases.items():
+    with pytest.raises(convert.CheckpointFormatError) as err:
+      clip.load_clip(str(tmp_path / name))
+    msg = str(err.value)
+    assert msg.startswith(str(tmp_path / name)) and fmt in msg and "truncated, corrupt" in msg, msg
+  # The same inside a Hugging Face directory, and a broken config.json / msgpack.
+  d = tmp_path / "hf"
+  d.mkdir()
+  torch_clip.config.to_json_file(d / "config.json")
+  (d / "model.safetensors").write_bytes((tmp_path / "truncated.safetensors").read_bytes())
+  with pytest.raises(convert.CheckpointFormatError, match=r"hf/model.safetensors cannot be read as a safetensors"):
+    clip.load_clip(str(d))
+  (d / "model.safetensors").unlink()
+  (d / "flax_model.msgpack").write_bytes(rng.bytes(300))
+  with pytest.raises(convert.CheckpointFormatError, match=r"flax_model.msgpack cannot be read as Flax msgpack"):
+    clip.load_clip(str(d))
+  (d / "config.json").write_text("{not json")
+  with pytest.raises(convert.CheckpointFormatError, match=r"config.json is not valid JSON"):
+    clip.load_clip(str(d))
+
+
 SMALL = clip.tiny_clip_spec(width=16, layers=1, heads=2, image_size=32, patch_size=8,
                             vocab_size=32, context_length=16, projection_dim=8)
 
