@@ -3,13 +3,16 @@
   (a) full Hamming ranking + mAP: 2000 queries x 18015 database items (MIRFlickr-25K sizes), 64 bits,
       24-class random multi-hot labels. Baseline = faiss pairwise distances (``faiss.hammings``) + numpy stable
       argsort (radix, uint8 keys) + vectorised DCMH AP; ours = ``mean_average_precision``.
-  (b) top-100 search of 100 queries over 1M 64-bit codes: faiss ``IndexBinaryFlat.search`` vs ``HammingIndex``.
+  (b) exact top-k over 1M codes, 64 and 128 bits: 100 queries x top-100 and 1000 queries x top-10, faiss
+      ``IndexBinaryFlat.search`` vs ``HammingIndex`` (numba backend, the default; and its numpy backend),
+      2 threads each (--threads); distances must equal faiss's, indices a stable argsort's (ties in insertion order).
   (c) the distance matrix of (a) alone: packed popcount (numpy, used) vs float matmul of +-1 codes
       (numpy BLAS and jax.jit), to justify the choice; (d) jnp.argsort(stable) vs numpy's counting sort.
 
-Every timing is the best of --repeats runs, the contenders interleaved (the host is shared, load varies).
+(a), (c), (d): best of --repeats runs, the contenders interleaved (the host is shared, load varies).
+(b): --repeats interleaved rounds; the table gives median times and the per-round ratios' median and range.
 
-  python benchmarks/hamming_search.py [--repeats 5] [--skip-jax]
+  python benchmarks/hamming_search.py [--repeats 5] [--skip-jax] [--only-topk] [--topk-bits 64,128]
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ def interleaved(fns: dict, repeats: int):
         for name, fn in fns.items():
             w, c, out = best_time(fn, 1)
             res[name] = (min(res[name][0], w), min(res[name][1], c), out)
+    return res
+
+
+def timed_rounds(fns: dict, repeats: int):
+    """Runs the contenders in turn, ``repeats`` rounds; returns {name: [(wall, cpu, output) per round]}.
+
+    Interleaving puts each round's contenders under about the same load, so per-round ratios are comparable.
+    """
+    res = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            out = fn()
+            res[name].append((time.perf_counter() - w0, time.process_time() - c0, out))
     return res
 
 
@@ -81,20 +98,9 @@ def faiss_dist_sort(faiss, qp, dp, chunk=250):
     return dis
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--skip-jax", action="store_true")
-    ap.add_argument("--db-size", type=int, default=1_000_000)
-    args = ap.parse_args()
-    import faiss
-
-    rng = np.random.default_rng(0)
-    print(f"host: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs usable, "
-          f"load avg {os.getloadavg()[0]:.1f}; numpy {np.__version__}, faiss {faiss.__version__}, "
-          f"faiss omp threads {faiss.omp_get_max_threads()}")
+def full_ranking(args, faiss, rng):
+    """(a) full ranking + mAP, (c) distance matrix alone, (d) sorting in XLA; returns the table rows of (a)."""
     rows = []
-
     # (a) full ranking + mAP ------------------------------------------------------------------------------
     qc, dc, ql, dl = make_problem(rng, 2000, 18015, 64, 24, 0.15)
     qcp, dcp = np.packbits(qc > 0, axis=1), np.packbits(dc > 0, axis=1)
@@ -112,30 +118,6 @@ def main():
         print(f"    {name:16s} {w:.3f} s wall, {c:.3f} s CPU")
     w100, c100, m100 = best_time(lambda: retrieval.map_at_k(qc, dc, ql, dl, k=100), args.repeats)
     print(f"    mAP@100 = {m100:.6f} in {w100:.3f} s wall, {c100:.3f} s CPU")
-
-    # (b) top-100 over 1M -------------------------------------------------------------------------------
-    n = args.db_size
-    db = rng.integers(0, 256, (n, 8), dtype=np.uint8)
-    qs = rng.integers(0, 256, (100, 8), dtype=np.uint8)
-    findex = faiss.IndexBinaryFlat(64)
-    findex.add(db)
-    index = retrieval.HammingIndex(64)
-    index.add_packed(db)
-    index1 = retrieval.HammingIndex(64, num_threads=1)
-    index1.add_packed(db)
-    res = interleaved({
-        "faiss": lambda: findex.search(qs, 100),
-        "ours": lambda: index.search_packed(qs, 100),
-        "ours_1thread": lambda: index1.search_packed(qs, 100),
-    }, args.repeats)
-    (fd, _), (od, oi) = res["faiss"][2], res["ours"][2]
-    assert np.array_equal(fd, od), "distances differ from faiss"
-    # Tie order: compare with a stable argsort for a few queries.
-    for i in range(3):
-        dist = retrieval.hamming_distance_packed(qs[i : i + 1], db)[0]
-        assert np.array_equal(np.argsort(dist, kind="stable")[:100], oi[i])
-    print(f"(b) top-100, 100 queries x {n} codes @64 bits: distances equal faiss, indices equal stable argsort")
-    rows.append((f"(b) top-100 search, 100 queries x {n:,} codes, 64 bits", res))
 
     # (c) distance matrix alone -------------------------------------------------------------------------
     qp, dp = retrieval.pack_codes(qc), retrieval.pack_codes(dc)
@@ -167,13 +149,84 @@ def main():
         print(f"(d) stable argsort of 200 x 18015 uint8 distances (wall / CPU s): jnp.argsort {wj:.3f} / {cj:.3f}, "
               f"numpy counting sort {wn:.4f} / {cn:.4f}  ({wj / wn:.0f}x)")
 
-    print("\n| benchmark | faiss-cpu wall (CPU) s | ours wall (CPU) s | ours/faiss wall | ours 1 thread wall (CPU) s |")
-    print("|---|---|---|---|---|")
-    for name, r in rows:
-        (fw, fc, _), (ow, oc, _), (w1, c1, _) = r["faiss"], r["ours"], r["ours_1thread"]
-        print(f"| {name} | {fw:.3f} ({fc:.3f}) | {ow:.3f} ({oc:.3f}) | {ow / fw:.2f} | {w1:.3f} ({c1:.3f}) |")
-    print(f"load avg at end: {os.getloadavg()[0]:.1f}")
+    return rows
 
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-jax", action="store_true")
+    ap.add_argument("--db-size", type=int, default=1_000_000)
+    ap.add_argument("--topk-bits", default="64,128", help="code lengths for (b), comma-separated")
+    ap.add_argument("--skip-numpy-topk", action="store_true", help="(b) without the numpy backend")
+    ap.add_argument("--only-topk", action="store_true", help="only (b), the exact top-k search")
+    ap.add_argument("--threads", type=int, default=2, help="(b): faiss OpenMP threads = HammingIndex threads")
+    args = ap.parse_args()
+    args.topk_bits = [int(b) for b in args.topk_bits.split(",")]
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)  # the same for faiss's OpenMP and HammingIndex(num_threads=...)
+
+    rng = np.random.default_rng(0)
+    print(f"host: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs usable, "
+          f"load avg {os.getloadavg()[0]:.1f}; numpy {np.__version__}, faiss {faiss.__version__}, "
+          f"faiss omp threads {faiss.omp_get_max_threads()}")
+    n = args.db_size
+    rows = [] if args.only_topk else full_ranking(args, faiss, rng)
+
+    # (b) exact top-k over 1M codes: faiss IndexBinaryFlat vs HammingIndex (numba and numpy backends) -------
+    topk_rows = []
+    for bits in args.topk_bits:
+        db = rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
+        findex = faiss.IndexBinaryFlat(bits)
+        findex.add(db)
+        indexes = {b: retrieval.HammingIndex(bits, num_threads=args.threads, backend=b) for b in ("numba", "numpy")}
+        for index in indexes.values():
+            index.add_packed(db)
+        indexes["numba"].search_packed(db[:2], 5)  # compile (or load the cached kernel) outside the timing
+        for nq, k in ((100, 100), (1000, 10)):
+            qs = rng.integers(0, 256, (nq, bits // 8), dtype=np.uint8)
+            fns = {"faiss": lambda: findex.search(qs, k), "ours": lambda: indexes["numba"].search_packed(qs, k)}
+            if not args.skip_numpy_topk:
+                fns["ours_numpy"] = lambda: indexes["numpy"].search_packed(qs, k)
+            rounds = timed_rounds(fns, args.repeats)
+            (fd, _), (od, oi) = rounds["faiss"][-1][2], rounds["ours"][-1][2]
+            assert np.array_equal(fd, od), "distances differ from faiss"
+            if "ours_numpy" in rounds:
+                nd, ni = rounds["ours_numpy"][-1][2]
+                assert np.array_equal(nd, od) and np.array_equal(ni, oi), "numba and numpy backends differ"
+            for i in range(3):  # tie order: a stable argsort of all distances
+                dist = retrieval.hamming_distance_packed(qs[i : i + 1], db)[0]
+                assert np.array_equal(np.argsort(dist, kind="stable")[:k], oi[i])
+            name = f"(b) top-{k}, {nq} queries x {n:,} codes, {bits} bits, {args.threads} thread(s)"
+            print(f"{name}: distances equal faiss, indices equal a stable argsort")
+            topk_rows.append((name, rounds))
+            ratios = [o[0] / f[0] for o, f in zip(rounds["ours"], rounds["faiss"])]
+            print(f"    ours/faiss wall per round: {' '.join(f'{r:.2f}' for r in ratios)}")
+
+    if rows:
+        print("\n| benchmark | faiss-cpu wall (CPU) s | ours wall (CPU) s | ours/faiss wall | ours 1 thread wall (CPU) s |")
+        print("|---|---|---|---|---|")
+        for name, r in rows:
+            (fw, fc, _), (ow, oc, _), (w1, c1, _) = r["faiss"], r["ours"], r["ours_1thread"]
+            print(f"| {name} | {fw:.3f} ({fc:.3f}) | {ow:.3f} ({oc:.3f}) | {ow / fw:.2f} | {w1:.3f} ({c1:.3f}) |")
+    print(f"\n(b) {args.repeats} interleaved rounds; times are medians over rounds, ratios per round "
+          "(median [min-max]); CPU = all threads of the process.")
+    numpy_col = "" if args.skip_numpy_topk else " numpy backend wall s (/faiss) |"
+    print(f"| task | faiss-cpu wall (CPU) s | ours wall (CPU) s | ours/faiss wall | ours/faiss CPU |{numpy_col}")
+    print("|---|---:|---:|---:|---:|" + ("" if args.skip_numpy_topk else "---:|"))
+    for name, r in topk_rows:
+        fw, fc = (np.median([x[j] for x in r["faiss"]]) for j in (0, 1))
+        ow, oc = (np.median([x[j] for x in r["ours"]]) for j in (0, 1))
+        rw = [o[0] / f[0] for o, f in zip(r["ours"], r["faiss"])]
+        rc = [o[1] / f[1] for o, f in zip(r["ours"], r["faiss"])]
+        line = (f"| {name[4:]} | {fw:.4f} ({fc:.4f}) | {ow:.4f} ({oc:.4f}) | {np.median(rw):.2f} "
+                f"[{min(rw):.2f}-{max(rw):.2f}] | {np.median(rc):.2f} [{min(rc):.2f}-{max(rc):.2f}] |")
+        if "ours_numpy" in r:
+            nw = np.median([x[0] for x in r["ours_numpy"]])
+            line += f" {nw:.4f} ({np.median([x[0] / f[0] for x, f in zip(r['ours_numpy'], r['faiss'])]):.2f}) |"
+        print(line)
+    print(f"load avg at end: {os.getloadavg()[0]:.1f}")
 
 if __name__ == "__main__":
     main()

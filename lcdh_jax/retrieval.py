@@ -12,7 +12,9 @@ docs/lcdh_retrieval.md):
   numpy's ``argsort(kind="stable")`` on uint8/uint16 keys *is* a radix (for uint8: counting) sort, O(N),
   so it is used on uint8 keys; ties keep database order, exactly like ``np.argsort(distances,
   kind="stable")``. XLA's CPU sort (``jnp.argsort(stable=True)``) was ~60x slower on the same keys.
-* Top-k search scans the database in tiles with a per-query distance threshold (no full sort).
+* Top-k search (``HammingIndex``) scans the database with a per-query distance threshold (no full sort):
+  a numba kernel (``lcdh_jax._hamming_numba``: vectorised popcount, one pass over the codes) when numba is
+  installed, 4-5x faster than faiss-cpu ``IndexBinaryFlat``; else tiled numpy.
 * Work is split into chunks of queries run on a thread pool (numpy releases the GIL inside these loops).
 
 Metric semantics follow DCMH ``calc_map`` (see ``mean_average_precision``).
@@ -476,29 +478,44 @@ class HammingIndex:
     """Exact Hamming k-NN over packed binary codes (flat scan), ties broken by insertion order.
 
     ``index = HammingIndex(64); index.add(codes); distances, indices = index.search(queries, top_k=100)``.
-    Codes are stored packed (K / 8 bytes each) in a growing buffer; search scans the database in cache-sized
-    tiles keeping, per query, the current top-k and a distance threshold, so memory is O(Q * top_k + tile),
-    independent of the database size. Queries are split over threads.
+    Codes are stored packed (K / 8 bytes each, rows padded with zero bytes to whole 64-bit words) in a
+    growing buffer. ``backend``: "numba" (a compiled threshold scan with vectorised popcount,
+    ``lcdh_jax._hamming_numba``), "numpy" (tiled numpy scan), or "auto" (numba when it imports, else numpy).
+    Both are exact and return the same results; memory is O(Q * top_k + tile), independent of the database
+    size. Queries are split over ``num_threads`` threads (default: the CPUs this process may use).
     """
 
-    _TILE = 1 << 18  # query x database elements per tile (a 2 MiB uint64 scratch buffer)
+    _TILE = 1 << 18  # numpy backend: query x database elements per tile (a 2 MiB uint64 scratch buffer)
+    _NUMBA_TILE_BYTES = 1 << 16  # numba backend: database bytes per tile (L2-resident, shared by the queries)
+    _NUMBA_SUB = 64  # numba backend: codes per sub-block (min distance first, rescan only on a hit)
 
-    def __init__(self, num_bits: int, *, num_threads: int | None = None):
+    def __init__(self, num_bits: int, *, num_threads: int | None = None, backend: str = "auto"):
         if isinstance(num_bits, bool) or int(num_bits) != num_bits or num_bits <= 0 or num_bits % 8:
             raise ValueError(f"num_bits must be a positive multiple of 8; got {num_bits!r}.")
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend must be one of {_BACKENDS}; got {backend!r}.")
         self.num_bits = int(num_bits)
         self.num_bytes = self.num_bits // 8
+        self._row_bytes = 8 * math.ceil(self.num_bytes / 8)
         self.num_threads = _num_threads(num_threads)
-        self._buf = np.zeros((0, self.num_bytes), np.uint8)
+        self._backend = backend
+        self._buf = np.zeros((0, self._row_bytes), np.uint8)
         self._n = 0
 
     def __len__(self) -> int:
         return self._n
 
     @property
+    def backend(self) -> str:
+        """The backend searches use: "numba" or "numpy" ("auto" resolved)."""
+        if self._backend == "auto":
+            return "numba" if _numba_kernel() is not None else "numpy"
+        return self._backend
+
+    @property
     def packed_codes(self) -> np.ndarray:
         """(len, K / 8) uint8 packed codes in insertion order (a read-only view)."""
-        view = self._buf[: self._n]
+        view = self._buf[: self._n, : self.num_bytes]
         view.flags.writeable = False
         return view
 
@@ -526,10 +543,10 @@ class HammingIndex:
         packed = self._check_packed(packed, "packed codes")
         n_new = self._n + packed.shape[0]
         if n_new > self._buf.shape[0]:
-            grown = np.zeros((max(n_new, 2 * self._buf.shape[0], 1024), self.num_bytes), np.uint8)
+            grown = np.zeros((max(n_new, 2 * self._buf.shape[0], 1024), self._row_bytes), np.uint8)
             grown[: self._n] = self._buf[: self._n]
             self._buf = grown
-        self._buf[self._n : n_new] = packed
+        self._buf[self._n : n_new, : self.num_bytes] = packed
         self._n = n_new
 
     def search(self, queries, top_k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -545,11 +562,37 @@ class HammingIndex:
         if self._n == 0:
             raise ValueError("the index is empty; call add(codes) before search.")
         k = _check_top_k(top_k, self._n)
-        qw = _word_view(qp)
-        dbw = _word_view(self._buf[: self._n])
-        nq = qw.shape[0]
+        nq = qp.shape[0]
         if nq == 0:
             return np.zeros((0, k), np.int32), np.zeros((0, k), np.int64)
+        q_rows = np.zeros((nq, self._row_bytes), np.uint8)
+        q_rows[:, : self.num_bytes] = qp  # zero padding: the pad bits never differ
+        qw = q_rows.view(np.uint64)
+        dbw = self._buf[: self._n].view(np.uint64)  # (N, W): padded rows are whole 64-bit words
+        kernel = _numba_kernel() if self.backend == "numba" else None
+        if self._backend == "numba" and kernel is None:
+            raise ImportError("HammingIndex(backend='numba') needs numba (pip install numba); use backend='auto'.")
+        if kernel is not None:
+            # At most ~2^22 buffered candidates per group (64 MiB), at least one group per thread.
+            per = max(1, min(math.ceil(nq / self.num_threads), (1 << 22) // (2 * k + self._NUMBA_SUB)))
+            nw = dbw.shape[1]
+            tile = max(self._NUMBA_SUB, self._NUMBA_TILE_BYTES // (8 * nw))
+            flat = dbw.reshape(-1)
+            dist = np.empty((nq, k), np.int32)
+            idx = np.empty((nq, k), np.int64)
+
+            def run(lo):
+                hi = min(nq, lo + per)
+                kernel(qw[lo:hi], flat, nw, k, self.num_bits, tile, self._NUMBA_SUB, dist[lo:hi], idx[lo:hi])
+
+            starts = range(0, nq, per)
+            if len(starts) == 1 or self.num_threads == 1:
+                for lo in starts:
+                    run(lo)
+            else:
+                with ThreadPoolExecutor(min(self.num_threads, len(starts))) as ex:
+                    list(ex.map(run, starts))
+            return dist, idx
         # Query groups of at most 256 (bounded scratch memory; fewer for huge top_k, whose first tile is ranked
         # in full), at least one group per thread.
         per = max(1, min(256, math.ceil(nq / self.num_threads), (1 << 22) // k))
@@ -564,6 +607,20 @@ class HammingIndex:
         idx = np.concatenate([i for _, i in parts])
         return dist, idx
 
+
+_BACKENDS = ("auto", "numba", "numpy")
+_NUMBA = []  # [kernel or None], filled on first use
+
+
+def _numba_kernel():
+    """The compiled top-k kernel (``lcdh_jax._hamming_numba.topk_scan``), or None when numba is not installed."""
+    if not _NUMBA:
+        try:
+            from lcdh_jax._hamming_numba import topk_scan
+        except ImportError:
+            topk_scan = None
+        _NUMBA.append(topk_scan)
+    return _NUMBA[0]
 
 def _merge_topk(top_d, top_i, cand_r, cand_d, cand_i, k, n, num_bits):
     """Per row, the k smallest (distance, index) pairs among the current top-k rows and the candidates."""

@@ -254,15 +254,19 @@ def test_distances_and_stable_rank_match_brute_force():
     np.testing.assert_array_equal(R.stable_rank(ref, num_bits=32), np.argsort(ref, axis=1, kind="stable"))
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("k", [16, 64, 128, 264])
-def test_index_search_matches_brute_force_including_ties(k, monkeypatch):
+def test_index_search_matches_brute_force_including_ties(k, backend, monkeypatch):
     qc, dc, _, _ = random_problem(11 * k, k, q=17, n=3000)
-    ref_d = brute_distances(qc, dc)
+    ref_d = brute_distances(qc, dc) if backend == "numba" else (k - qc.astype(np.int64) @ dc.T) // 2
     ref_i = np.argsort(ref_d, axis=1, kind="stable")
-    # A tiny tile forces many database blocks and candidate merges.
+    # Tiny tiles force many database blocks and candidate merges / buffer compactions.
     monkeypatch.setattr(R.HammingIndex, "_TILE", 512)
+    monkeypatch.setattr(R.HammingIndex, "_NUMBA_TILE_BYTES", 2048)
+    monkeypatch.setattr(R.HammingIndex, "_NUMBA_SUB", 16)
     for threads in (1, 2):
-        index = R.HammingIndex(k, num_threads=threads)
+        index = R.HammingIndex(k, num_threads=threads, backend=backend)
+        assert index.backend == backend
         for lo in range(0, 3000, 700):  # several add() calls: indices continue across them
             index.add(dc[lo : lo + 700])
         assert len(index) == 3000
@@ -272,10 +276,48 @@ def test_index_search_matches_brute_force_including_ties(k, monkeypatch):
             np.testing.assert_array_equal(dist, np.take_along_axis(ref_d, ref_i[:, :top_k], axis=1))
             assert dist.dtype == np.int32 and idx.dtype == np.int64
     # top_k larger than the database returns everything, fully ranked.
-    small = R.HammingIndex(k)
+    small = R.HammingIndex(k, backend=backend)
     small.add(dc[:20])
     dist, idx = small.search(qc, top_k=50)
     np.testing.assert_array_equal(idx, np.argsort(ref_d[:, :20], axis=1, kind="stable"))
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_index_top_k_equals_stable_argsort_with_many_ties(backend, monkeypatch):
+    """Exact equality with a brute-force stable argsort when most distances tie (few distinct codes)."""
+    rng = np.random.default_rng(7)
+    monkeypatch.setattr(R.HammingIndex, "_NUMBA_SUB", 8)  # many sub-blocks hit: buffer compactions
+    for bits, n_distinct, n in ((8, 256, 5000), (64, 12, 4000), (128, 3, 2500), (24, 40, 3000)):
+        pool = rng.integers(0, 256, (n_distinct, bits // 8), dtype=np.uint8)
+        db = pool[rng.integers(0, n_distinct, n)]
+        queries = np.concatenate([pool[:3], rng.integers(0, 256, (9, bits // 8), dtype=np.uint8)])
+        dist = np.bitwise_count(queries[:, None, :] ^ db[None, :, :]).sum(-1)
+        ref = np.argsort(dist, axis=1, kind="stable")
+        index = R.HammingIndex(bits, num_threads=2, backend=backend)
+        index.add_packed(db[: n // 3])
+        index.add_packed(db[n // 3 :])
+        for top_k in (1, 7, 100, 999, n, n + 5):
+            d, i = index.search_packed(queries, top_k)
+            k = min(top_k, n)
+            np.testing.assert_array_equal(i, ref[:, :k], err_msg=f"{bits} bits, top_k={top_k}")
+            np.testing.assert_array_equal(d, np.take_along_axis(dist, ref[:, :k], axis=1))
+        np.testing.assert_array_equal(index.packed_codes, db)
+
+
+def test_index_backends_agree_and_bad_backend():
+    rng = np.random.default_rng(3)
+    db = rng.choice(np.array([-1, 1], np.int8), (2000, 32))
+    q = db[::97]
+    out = {}
+    for backend in ("numba", "numpy"):
+        index = R.HammingIndex(32, backend=backend)
+        index.add(db)
+        out[backend] = index.search(q, top_k=50)
+    np.testing.assert_array_equal(out["numba"][0], out["numpy"][0])
+    np.testing.assert_array_equal(out["numba"][1], out["numpy"][1])
+    assert np.all(out["numba"][0][:, 0] == 0)  # each query is in the database
+    with pytest.raises(ValueError, match="backend must be one of"):
+        R.HammingIndex(32, backend="faiss")
 
 
 def test_packing_round_trip():
