@@ -310,7 +310,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---- evaluation (host copy of the params, default device)
   params = jax.device_get(models.merge_params(state.params, state.frozen))
   fwd = predict_lib.make_forward(model)  # shared with derefl_jax.predict (same compiled functions)
-  mult = 2 ** len(model.enc_blocks)
+  mult = model.size_multiple
   results, grids = {}, {}
   rows = int(config.eval.grid_rows)
   if config.data.source == "demo":
