@@ -392,6 +392,23 @@ def format_table(results: dict) -> str:
                    f"{h['student_i2t']:12.4f} {h['student_t2i']:6.4f} | "
                    f"{h['teacher_i2t']:12.4f} {h['teacher_t2i']:6.4f} {h['teacher_fused']:6.4f} | "
                    f"{h['random_i2t']:11.4f} {h['random_t2i']:6.4f}")
+  # Last round: precision@N at a few N of the grid, and last-round vs average-over-rounds mAP.
+  tail = []
+  for k, res in results["bits"].items():
+    last = res["rounds"][-1] if res["rounds"] else None
+    if not last or not last.get("metrics"):
+      continue
+    grid = last["metrics"]["student"]["i2t"]["precision_at_n"]["n"]
+    show = [n for n in (1, 10, 100, 500, 1000, 2000, 5000) if n in grid] or grid[-1:]
+    for model in ("student", "teacher"):
+      for direction, name in (("i2t", "I->T"), ("t2i", "T->I")):
+        pn = dict(zip(grid, last["metrics"][model][direction]["precision_at_n"]["precision"]))
+        mean = float(np.mean([h[f"{model}_{direction}"] for h in res["rounds"]]))
+        tail.append(f"{k:>4} {model:>7} {name} | mAP last {last[f'{model}_{direction}']:.4f} "
+                    f"avg over {len(res['rounds'])} rounds {mean:.4f} | "
+                    + " ".join(f"P@{n} {pn[n]:.4f}" for n in show))
+  if tail:
+    lines += ["", "last round: mAP (and its average over the rounds), precision@N:"] + tail
   return "\n".join(lines)
 
 

@@ -142,3 +142,20 @@ def test_bad_config_fails_before_training(tmp_path, key, value, match):
   with pytest.raises(ValueError, match=match):
     lcdh.train_and_evaluate(tiny_config(**{key: value}), str(tmp_path / "wd"))
   assert not (tmp_path / "wd").exists()
+
+
+def test_format_table_reports_last_round_and_average_and_precision():
+  rep = lambda m, p: {"map": m, "precision_at_n": {"n": [1, 10, 100, 150], "precision": p},
+                      "pr": {"radius": [0], "precision": [0.0], "recall": [0.0]}}
+  rounds = []
+  for r, (s, t) in enumerate([(0.2, 0.3), (0.4, 0.5)], start=1):
+    rounds.append({"round": r, "db_size": 100 * r, "student_i2t": s, "student_t2i": s + 0.01,
+                   "teacher_i2t": t, "teacher_t2i": t, "teacher_fused": t, "random_i2t": 0.1,
+                   "random_t2i": 0.1, "loss": 1.0,
+                   "metrics": {"student": {"i2t": rep(s, [1.0, 0.9, 0.5, 0.4]),
+                                           "t2i": rep(s + 0.01, [0.0, 0.1, 0.2, 0.3])},
+                               "teacher": {"i2t": rep(t, [1.0] * 4), "t2i": rep(t, [0.5] * 4)}}})
+  table = lcdh.format_table({"bits": {"16": {"rounds": rounds}}})
+  assert "  16 student I->T | mAP last 0.4000 avg over 2 rounds 0.3000 | P@1 1.0000 P@10 0.9000 P@100 0.5000" in table
+  assert "  16 student T->I | mAP last 0.4100 avg over 2 rounds 0.3100 | P@1 0.0000" in table
+  assert "  16 teacher T->I | mAP last 0.5000 avg over 2 rounds 0.4000 | P@1 0.5000" in table
