@@ -2,10 +2,10 @@
 
 The way an inspection engineer uses the method: a few labelled defect instances per class (the
 support set) and new instances to classify (the queries), both as CSVs in the MVTec-FS annotation
-format (columns ``img_rel_path, x1, x2, y1, y2, label, points``; image paths relative to the CSV;
-``x1..y2`` optional, default the polygon's min/max; ``label`` optional for queries; any other
-MVTec-FS column is accepted and ignored except ``imageWidth``/``imageHeight``, which are checked
-against the image when present).
+format (columns ``img_rel_path, x1, x2, y1, y2, label, points``; image paths relative to the CSV
+or to ``--image-root``; ``x1..y2`` optional, default the polygon's min/max; ``label`` optional for
+queries; any other MVTec-FS column is accepted and ignored except ``imageWidth``/``imageHeight``,
+which are checked against the image when present).
 
     python -m mvrec_jax.classify --support SUPPORT.csv --query QUERY.csv --output OUT/ \\
         [--backbone tiny|PATH.pth|DIR] [--preset ViT-L/14] [--finetune]
@@ -124,12 +124,14 @@ def _image_info(path: Path) -> tuple[tuple[int, int], str]:
 
 
 def read_annotations(path: str | os.PathLike, *, role: str, class_names: Sequence[str] | None = None,
-                     specs: Sequence[views_lib.ViewSpec] = (), progress: bool = True) -> Annotations:
+                     specs: Sequence[views_lib.ViewSpec] = (), image_root: str | os.PathLike | None = None,
+                     progress: bool = True) -> Annotations:
   """Reads a support (``role="support"``, labels required) or query CSV; bad rows become problems.
 
   ``class_names``: the support classes (queries only): a query label outside them is a bad row.
   Every image is opened and decoded once here and the crop box of every view in ``specs`` is
-  computed, so extraction later cannot fail on a row.
+  computed, so extraction later cannot fail on a row. Image paths are relative to the CSV's
+  folder, or to ``image_root`` when given.
   """
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
 
@@ -150,7 +152,9 @@ def read_annotations(path: str | os.PathLike, *, role: str, class_names: Sequenc
   if missing:
     raise ClassifyError(f"{role} CSV {p} lacks the column(s) {missing} (has {fields}); the MVTec-FS annotation "
                         "format needs img_rel_path, x1, x2, y1, y2, label, points.")
-  base = p.parent
+  base = p.parent if image_root is None else Path(image_root).expanduser()
+  if not base.is_dir():
+    raise FileNotFoundError(f"image root {base} is not a directory.")
   known = None if class_names is None else set(class_names)
   instances, kept_rows, labels, problems, rel_paths = [], [], [], [], []
   info_cache: dict[Path, tuple[tuple[int, int], str] | str] = {}
@@ -308,14 +312,16 @@ def classify(support_csv: str | os.PathLike, query_csv: str | os.PathLike, outpu
              method: str = "mso", crop_sizes: Sequence[float] = views_lib.OFFICIAL_CROP_SIZES,
              resize: Sequence[int] | None = None, precision: str = "float32", steps: int = 500,
              batch_size: int = 8, cache_dir: str | os.PathLike | None = None, seed: int = 0,
-             progress: bool = True, model_and_params=None) -> ClassificationResult:
+             image_root: str | os.PathLike | None = None, progress: bool = True,
+             model_and_params=None) -> ClassificationResult:
   """Classifies every region of ``query_csv`` with Zip-Adapter(-F) on the support set of ``support_csv``.
 
   ``backbone``: ``"tiny"``, an AlphaCLIP visual ``.pth`` or a directory with one (``preset`` checks
   its architecture; ``""``/None accepts any); ``model_and_params=(model, params, name)`` overrides
   it (e.g. an already loaded model in a notebook). ``finetune``: Zip-Adapter-F (``steps`` AdamW
   steps, beta 1) instead of the training-free Zip-Adapter (beta 32). ``resize`` defaults to
-  ``512 -> model input size``. Writes the files of the module docstring when ``output_dir`` is
+  ``512 -> model input size``. Image paths are relative to each CSV's folder, or to
+  ``image_root`` when given. Writes the files of the module docstring when ``output_dir`` is
   given (features cached in ``cache_dir``, default ``<output_dir>/features``). Raises
   ``ClassifyError``/``FileNotFoundError`` for input that stops the run; bad rows are skipped and
   listed in ``result.problems``.
@@ -332,13 +338,14 @@ def classify(support_csv: str | os.PathLike, query_csv: str | os.PathLike, outpu
     raise ClassifyError(str(e)) from None
   if finetune and int(steps) < 1:
     raise ClassifyError(f"--steps must be >= 1 for --finetune, got {steps}.")
-  sup = read_annotations(support_csv, role="support", specs=specs, progress=progress)
+  sup = read_annotations(support_csv, role="support", specs=specs, image_root=image_root, progress=progress)
   class_names = tuple(sorted({lab for lab in sup.labels if lab is not None}))
   if len(class_names) < 2:
     raise ClassifyError(f"the support set {sup.path} needs at least 2 classes with usable rows, got "
                         f"{list(class_names)} ({len(sup.problems)} of {sup.num_rows} rows skipped"
                         + (f"; first: {sup.problems[0]}" if sup.problems else "") + ").")
-  qry = read_annotations(query_csv, role="query", class_names=class_names, specs=specs, progress=progress)
+  qry = read_annotations(query_csv, role="query", class_names=class_names, specs=specs, image_root=image_root,
+                         progress=progress)
   for prob in sup.problems + qry.problems:
     print(f"warning: skipped {prob}", file=sys.stderr, flush=True)
   if not qry.instances:
@@ -451,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--support", required=True, help="labelled support regions (MVTec-FS annotation CSV)")
   ap.add_argument("--query", required=True, help="regions to classify (same format; label optional)")
   ap.add_argument("--output", required=True, help="output directory (predictions.csv, summary.json, confusion.png)")
+  ap.add_argument("--image-root", default=None, help="folder the img_rel_path values are relative to "
+                  "(default: each CSV's folder)")
   ap.add_argument("--backbone", default="tiny",
                   help="'tiny' (random demo weights), an AlphaCLIP visual .pth, or a directory holding one")
   ap.add_argument("--preset", default="ViT-L/14", help="architecture the .pth must have ('' = any)")
@@ -474,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = classify(args.support, args.query, args.output, backbone=args.backbone, preset=args.preset,
                    finetune=args.finetune, method=args.method, crop_sizes=crop_sizes, resize=resize,
                    precision=args.precision, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                   progress=not args.no_progress)
+                   image_root=args.image_root, progress=not args.no_progress)
   except (ClassifyError, FileNotFoundError, convert.CheckpointMismatchError, torch_pickle.TorchFileError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -32,3 +32,8 @@ def test_notebook_executes_tiny(tmp_path, monkeypatch):
     assert "[0.7619 0.7143 0.7143 0.9524 0.8095]" in out
   results = json.loads((tmp_path / "nb" / "demo_run" / "results.json").read_text())
   assert list(results["categories"]) == ["weave"]
+  # section 5: the classifier for new images wrote one prediction per query row
+  assert "accuracy on the labelled queries" in out
+  preds = (tmp_path / "nb" / "classify" / "predictions.csv").read_text().splitlines()
+  assert len(preds) == 1 + results["categories"]["weave"]["num_query"]
+  assert (tmp_path / "nb" / "classify" / "confusion.png").is_file()
