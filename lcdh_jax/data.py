@@ -31,7 +31,9 @@ Two on-disk layouts are read (auto-detected under a dataset ``root``):
    ================ ========================= ====================================================
    file             key: shape                meaning
    ================ ========================= ====================================================
-   ``index.mat``    ``index``: (N,) cell str  image paths, relative to ``root`` (or absolute)
+   ``index.mat``    ``index``: (N,) cell str  image paths, relative to ``root`` (or absolute; paths
+                                              of another machine are looked up under ``root`` by
+                                              their last components, as DCHMT writes them)
    ``label.mat``    ``category``: (N, C)      multi-hot labels
    ``caption.mat``  ``caption``: (N,) cell    captions / tag strings (or ``caption.txt``, 1 a line)
    ``tag.mat``      ``YAll``: (N, V), opt.    the dataset's own tag BoW (key ``YAll``, ``tags`` or
@@ -377,13 +379,28 @@ def read_paths_layout(root: str | os.PathLike, name: str = "dataset", max_vocab:
                                         root, name))
   if tags is None:
     tags, bow_source = _built_bow(captions, vocab, max_vocab, "no tag.mat")
-  full = [p if os.path.isabs(p) else str(root / p) for p in paths]
+  full = _locate_images(paths, root)
   _validate(name, tags, labels, captions, len(full))
-  if full and not Path(full[0]).exists():
-    raise FileNotFoundError(f"image {full[0]} listed in {root / 'index.mat'} does not exist; put "
-                            f"the images at those paths (relative to {root}).")
   return CrossModalData(name=name, image_paths=full, tags=tags, labels=labels, captions=captions,
                         text_source=text_source, bow_source=bow_source, tag_vocab=vocab)
+
+
+def _locate_images(paths: list[str], root: Path) -> list[str]:
+  """Image paths of ``index.mat``: as listed (relative to ``root``, or absolute), or, when the
+  listed place does not exist (DCHMT's ``make_*.py`` stores paths of the machine that ran it, e.g.
+  ``/data/flickr25k/mirflickr/im1.jpg``), the same trailing path components under ``root``
+  (``root/mirflickr/im1.jpg``, else ``root/im1.jpg``), chosen once from the first image."""
+  full = [p if os.path.isabs(p) else str(root / p) for p in paths]
+  if not full or Path(full[0]).exists():
+    return full
+  parts = [Path(p.replace("\\", "/")).parts for p in paths]
+  for k in (3, 2, 1):
+    if len(parts[0]) >= k and (root.joinpath(*parts[0][-k:])).exists():
+      return [str(root.joinpath(*pp[-k:])) for pp in parts]
+  raise FileNotFoundError(f"image {full[0]} listed in {root / 'index.mat'} does not exist, nor "
+                          f"under {root} by its last path components; put the images at the "
+                          f"listed paths (relative to {root}), or under {root} keeping the "
+                          f"listed file names (e.g. {root}/{Path(parts[0][-1])}).")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -213,3 +213,21 @@ def test_raw_image_folder_reader(tmp_path):
   (tmp_path / "images" / "c.png").unlink()
   with pytest.raises(FileNotFoundError, match="c.png listed in .*annotations.csv is missing"):
     data.read_image_folder(tmp_path)
+
+
+def test_dchmt_index_with_another_machines_absolute_paths_is_relocated(tmp_path):
+  """DCHMT's make_mirflickr25k.py stores absolute paths of the machine that ran it."""
+  from PIL import Image
+  (tmp_path / "mirflickr").mkdir()
+  for i in range(3):
+    Image.fromarray(np.full((4, 4, 3), 50 * i, np.uint8)).save(tmp_path / f"mirflickr/im{i + 1}.jpg")
+  listed = [f"/data/somebody/flickr25k/mirflickr/im{i + 1}.jpg" for i in range(3)]
+  scipy.io.savemat(tmp_path / "index.mat", {"index": np.array(listed)})  # a char matrix, as DCHMT
+  scipy.io.savemat(tmp_path / "label.mat", {"category": np.eye(3, dtype=np.uint8)})
+  scipy.io.savemat(tmp_path / "caption.mat", {"caption": np.array([["sky sea"], ["dog"], ["x"]])})
+  d = data.load_dataset("mirflickr", tmp_path)
+  assert d.image_paths == [str(tmp_path / f"mirflickr/im{i + 1}.jpg") for i in range(3)]
+  assert int(d.image(2)[0, 0, 0]) == 100 and d.captions[0] == "sky sea"
+  (tmp_path / "mirflickr" / "im1.jpg").unlink()
+  with pytest.raises(FileNotFoundError, match="im1.jpg listed in .*index.mat does not exist"):
+    data.load_dataset("mirflickr", tmp_path)
