@@ -48,7 +48,7 @@ def _base() -> ml_collections.ConfigDict:
   c.views = ml_collections.ConfigDict()
   c.views.method = "mso"          # the 27 official multi-scale/offset views
   c.views.crop_sizes = (256.0, 384.0, 512.0)  # absolute px on the image
-  c.views.resize = (512, 224)     # crop -> 512 -> 224 (image bicubic, mask bilinear)
+  c.views.resize = (512, 224)     # crop -> 512 -> 224 (PIL bicubic, image and mask: the official chain)
   c.views.batch_size = 8          # instances per jitted AlphaCLIP call (x 27 views)
 
   c.alpha_clip = ml_collections.ConfigDict()
