@@ -7,14 +7,16 @@ the first K kept. Seeds 0..4, K in {1, 3, 5}; the queries are the whole valid sp
 """
 from __future__ import annotations
 
+import logging
 import random
 from typing import Iterable, Sequence
 
 import numpy as np
 
 __all__ = ["MVTEC_FS_SHOTS", "MVTEC_FS_SEEDS", "CLASSIFIERS", "class_indices", "mvtec_fs_support", "mvtec_fs_episodes",
-           "evaluate_protocol", "summarize",
-           "sample_episode"]
+           "shots_used", "support_shortfalls", "evaluate_protocol", "summarize", "sample_episode"]
+
+_LOG = logging.getLogger(__name__)
 
 MVTEC_FS_SHOTS = (1, 3, 5)
 MVTEC_FS_SEEDS = (0, 1, 2, 3, 4)
@@ -60,6 +62,24 @@ def mvtec_fs_support(labels: Sequence[int] | np.ndarray, k_shot: int, seed: int)
   finally:
     random.setstate(state)
   return support
+
+
+def shots_used(labels: Sequence[int] | np.ndarray, k_shot: int) -> dict[int, int]:
+  """{class: support items a K-shot sampling really uses} = min(K, items of the class in the pool)."""
+  return {c: min(int(k_shot), len(idx)) for c, idx in class_indices(labels).items()}
+
+
+def support_shortfalls(labels: Sequence[int] | np.ndarray, shots: Iterable[int] = MVTEC_FS_SHOTS,
+                       class_names: Sequence[str] | None = None) -> list[str]:
+  """One message per (K, class) whose support pool has fewer than K items (then every sampling uses them all)."""
+  out = []
+  for k in shots:
+    for c, n in shots_used(labels, k).items():
+      if n < int(k):
+        name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
+        out.append(f"{name} has {n} support item(s) < K={int(k)}: the K={int(k)} samplings use {n} shot(s) "
+                   "of it (the same items in every sampling)")
+  return out
 
 
 def mvtec_fs_episodes(labels: Sequence[int] | np.ndarray, shots: Iterable[int] = MVTEC_FS_SHOTS,
@@ -133,7 +153,10 @@ def evaluate_protocol(support_features: np.ndarray, support_labels: np.ndarray, 
   K on one device train together in one vmapped, jitted call, and the devices run concurrently.
 
   Returns {classifier: {K: {"multi_view": [acc per seed], "view0": [...], "confusion": (C, C)
-  multi-view confusion summed over seeds, "final_loss": [...] (trained ones)}}}.
+  multi-view confusion summed over seeds, "shots_used": {class: items used}, "final_loss": [...]
+  (trained ones)}}}. A class with fewer than K support items is logged as a warning
+  (:func:`support_shortfalls`; ``logging`` logger ``mvrec_jax.episodes``) and its real shot count
+  is in ``shots_used``.
   """
   import concurrent.futures  # pylint: disable=import-outside-toplevel
 
@@ -161,6 +184,9 @@ def evaluate_protocol(support_features: np.ndarray, support_labels: np.ndarray, 
   tip_kw = {**A.TIP_F_DEFAULTS, **(tip_f or {})}
   text = None if text_embeddings is None else np.asarray(text_embeddings, np.float32)
   episodes = mvtec_fs_episodes(s_lab, shots, seeds)
+  for msg in support_shortfalls(s_lab, shots):
+    _LOG.warning(msg)
+  used = {int(k): {int(c): n for c, n in shots_used(s_lab, k).items()} for k in shots}
   if devices is None:
     devices = jax.local_devices()
     if devices[0].platform == "cpu":  # fake CPU devices beyond the core count only add compiles
@@ -174,7 +200,7 @@ def evaluate_protocol(support_features: np.ndarray, support_labels: np.ndarray, 
     mv, v0 = (np.asarray(a) for a in A.predict_both(logits))  # (S, Q) each
     entry = {"multi_view": [float(np.mean(p == q_lab)) for p in mv],
              "view0": [float(np.mean(p == q_lab)) for p in v0],
-             "confusion": sum(_confusion(p, q_lab, num_classes) for p in mv)}
+             "confusion": sum(_confusion(p, q_lab, num_classes) for p in mv), "shots_used": used[int(k)]}
     if losses is not None:
       entry["final_loss"] = [float(x) for x in np.asarray(losses)[:, -1]]
     out[clf][k] = entry

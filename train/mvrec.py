@@ -322,6 +322,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       print(f"[{cat}] no text embeddings (no text tower / prompts): zero-shot skipped.", flush=True)
     num_classes = len(d["class_names"])
     t_feat = time.time() - t_cat
+    shortfalls = episodes.support_shortfalls(d["support_labels"], shots, d["class_names"])
+    for msg in shortfalls:
+      print(f"warning: [{cat}] {msg}", flush=True)
     res = episodes.evaluate_protocol(
         d["support"], d["support_labels"], d["query"], d["query_labels"], num_classes, classifiers=clfs,
         shots=shots, seeds=seeds, precision=config.protocol.precision, text_embeddings=d["text"],
@@ -332,6 +335,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     part = {"settings": settings, "class_names": list(d["class_names"]),
             "num_support": int(len(d["support"])), "num_query": int(len(d["query"])),
             "feature_shape": list(d["support"].shape[1:]), "accuracy": acc,
+            "shots_used": {str(k): {d["class_names"][c]: n
+                                    for c, n in episodes.shots_used(d["support_labels"], k).items()} for k in shots},
+            "warnings": shortfalls,
             "confusion": {c: {str(k): np.asarray(e["confusion"]).tolist() for k, e in per_k.items()}
                           for c, per_k in res.items()},
             "time_s": {"features": round(t_feat, 2), "protocol": round(time.time() - t_cat - t_feat, 2)}}
@@ -354,6 +360,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                    for m in ("multi_view", "view0")} for k in shots} for c in present}
   results["time_s"] = round(time.time() - t0, 1)
   table = format_table(results, shots, present)
+  notes = [f"warning: [{c}] {m}" for c, p in results["categories"].items() for m in p.get("warnings", [])]
+  if notes:
+    table += "\n\n" + "\n".join(notes)
   if parallel.is_main_process():
     print(table, flush=True)
     save_json(os.path.join(workdir, "results.json"), results)

@@ -121,3 +121,26 @@ def test_protocol_on_separable_features():
 def test_summarize():
   out = E.summarize([0.5, 1.0])
   assert out == {"mean": 0.75, "std": 0.25, "values": [0.5, 1.0]}
+
+
+def test_short_support_pool_is_warned_and_shots_used_recorded(caplog):
+  labels = [0, 0, 1, 1, 1, 2]  # class 0: 2 items, class 1: 3, class 2: 1
+  assert E.shots_used(labels, 1) == {0: 1, 1: 1, 2: 1}
+  assert E.shots_used(labels, 3) == {0: 2, 1: 3, 2: 1}
+  msgs = E.support_shortfalls(labels, (1, 3), class_names=("dent", "scratch", "hole"))
+  assert msgs == ["dent has 2 support item(s) < K=3: the K=3 samplings use 2 shot(s) of it (the same items in every "
+                  "sampling)", "hole has 1 support item(s) < K=3: the K=3 samplings use 1 shot(s) of it (the same "
+                  "items in every sampling)"]
+  assert E.support_shortfalls(TRANSISTOR_TRAIN, (1, 3, 5)) == []
+  # the sampler indeed takes all items of a short class: 2 + 3 + 1 support items at K = 3
+  assert sorted(E.mvtec_fs_support(labels, 3, 0)) == list(range(6))
+  rng = np.random.default_rng(0)
+  s = rng.normal(size=(6, 2, 8)).astype(np.float32)
+  q = rng.normal(size=(3, 2, 8)).astype(np.float32)
+  with caplog.at_level("WARNING", logger="mvrec_jax.episodes"):
+    res = E.evaluate_protocol(s, np.asarray(labels), q, np.asarray([0, 1, 2]), 3, classifiers=("zip_adapter",),
+                              shots=(1, 3), seeds=(0,), progress=False)
+  assert res["zip_adapter"][3]["shots_used"] == {0: 2, 1: 3, 2: 1}
+  assert res["zip_adapter"][1]["shots_used"] == {0: 1, 1: 1, 2: 1}
+  warned = [r.getMessage() for r in caplog.records if r.name == "mvrec_jax.episodes"]
+  assert warned == E.support_shortfalls(labels, (1, 3))

@@ -68,7 +68,7 @@ def _fixture_dir():
   return None
 
 
-def test_official_features_any_naming(tmp_path):
+def test_official_features_any_naming(tmp_path, capsys):
   src = _fixture_dir()
   if src is None:
     pytest.skip("official MVREC feature buffers not present")
@@ -83,8 +83,17 @@ def test_official_features_any_naming(tmp_path):
   c = C.get_config("official_features")
   c.features_dir = str(d)
   c.protocol.classifiers = ("zip_adapter",)
-  c.protocol.shots = (1, 3)
+  c.protocol.shots = (1, 3, 6)  # transistor's pool has 5/6/6/5 items per class: K = 6 is short for two classes
   res = M.train_and_evaluate(c, str(tmp_path / "run"))
+  out = capsys.readouterr().out
+  part = res["categories"]["transistor"]
+  assert part["shots_used"]["6"] == {"bent_lead": 5, "cut_lead": 6, "damaged_case": 6, "misplaced": 5}
+  assert part["shots_used"]["3"] == {n: 3 for n in part["class_names"]}
+  assert len(part["warnings"]) == 2 and all("< K=6" in w for w in part["warnings"])
+  assert "warning: [transistor] bent_lead has 5 support item(s) < K=6" in out
+  saved = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert saved["categories"]["transistor"]["warnings"] == part["warnings"]
+  assert "misplaced has 5 support item(s) < K=6" in (tmp_path / "run" / "results.txt").read_text()
   for cat in ("transistor", "my_part"):
     acc = res["categories"][cat]["accuracy"]["zip_adapter"]
     assert acc["1"]["multi_view"]["values"] == pytest.approx([0.7619, 0.7143, 0.7143, 0.9524, 0.8095], abs=1e-4)
