@@ -202,12 +202,15 @@ def bow_from_captions(captions: Sequence[str], vocab: Sequence[str] | None = Non
                       max_vocab: int = 2000) -> tuple[np.ndarray, list[str]]:
   """Binary bag of words (N, V) float32 over ``vocab`` (default: the ``max_vocab`` most frequent words).
 
-  Words are lower-cased ``[a-z0-9]+`` runs; a ``vocab`` entry is matched the same way (lower-cased).
+  Words are lower-cased ``[a-z0-9]+`` runs. A given ``vocab`` entry (lower-cased) also matches a
+  whole whitespace-separated token, so tags such as ``new_york`` or ``b&w`` are found as written.
   """
   tok = [re.findall(r"[a-z0-9]+", c.lower()) for c in captions]
   if vocab is None:
     counts = collections.Counter(w for t in tok for w in set(t))
     vocab = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_vocab]]
+  else:
+    tok = [t + c.lower().split() for t, c in zip(tok, captions)]
   index = {}
   for i, w in enumerate(vocab):
     index.setdefault(str(w).lower(), i)

@@ -106,10 +106,11 @@ def test_dchmt_layout_with_caption_txt_builds_bow_only_without_tags(tmp_path):
   np.testing.assert_array_equal(vocab_bow[1, :2], [1, 1])
   np.testing.assert_array_equal(d.tags, vocab_bow)
   # With a tag vocabulary the built BoW has exactly its dimensions, in its order.
-  (tmp_path / "tag_vocab.txt").write_text("sky\ndog\ncat\nbird\n")
+  (tmp_path / "tag_vocab.txt").write_text("sky\ndog\ncat\nbird\nnew_york\n")
+  (tmp_path / "caption.txt").write_text("a dog\na cat dog\nsky New_York\n")
   d = data.load_dataset("coco", tmp_path)
-  np.testing.assert_array_equal(d.tags, [[0, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 0]])
-  assert "BUILT" in d.bow_source and "4-d" in d.bow_source and "tag vocabulary" in d.bow_source
+  np.testing.assert_array_equal(d.tags, [[0, 1, 0, 0, 0], [0, 1, 1, 0, 0], [1, 0, 0, 0, 1]])
+  assert "BUILT" in d.bow_source and "5-d" in d.bow_source and "tag vocabulary" in d.bow_source
 
 
 def test_dchmt_layout_uses_the_datasets_own_tag_vectors(tmp_path):
