@@ -196,6 +196,9 @@ def _loadmat(path: Path) -> dict:
           # MATLAB stores column-major: reverse the axes to get row-major (N, ...).
           out[k] = np.asarray(f[k]).transpose(tuple(range(f[k].ndim))[::-1])
     return out
+  except Exception as e:  # noqa: BLE001 - scipy raises ValueError/MatReadError/... on a corrupt file
+    raise DatasetError(f"{path} is not a readable MATLAB .mat file ({type(e).__name__}: {e}); it is "
+                       "truncated, corrupt or of another format: download or convert it again.") from None
 
 
 def bow_from_captions(captions: Sequence[str], vocab: Sequence[str] | None = None,

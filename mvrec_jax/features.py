@@ -256,7 +256,7 @@ def load_official_features(path: str | os.PathLike, *, cls_only: bool = False) -
   try:
     obj = torch_pickle.load_torch_file(path)
   except torch_pickle.TorchFileError as e:
-    raise ValueError(f"{path} is not a readable MVREC feature buffer: {e}") from None
+    raise torch_pickle.TorchFileError(f"{path} is not a readable MVREC feature buffer: {e}") from None
   if not isinstance(obj, (list, tuple)) or not obj:
     raise ValueError(f"{path}: expected a non-empty list of {{'y', 'mvrec'}} dicts, got {type(obj).__name__}.")
   feats, labels = [], []

@@ -65,6 +65,8 @@ USER_ERROR_TYPES: tuple[str, ...] = (
     "backbones_jax.convert:CheckpointFormatError",
     "backbones_jax.torch_pickle:TorchFileError",
     "derefl_jax.data:ImageReadError",
+    "derefl_jax.dsrnet_weights:CheckpointError",
+    "lcdh_jax.data:DatasetError",
 )
 
 

@@ -254,6 +254,8 @@ def check_workdir(config: ml_collections.ConfigDict, workdir: str, *, resumable:
   """
   path = os.path.join(workdir, CONFIG_FILE)
   empty = {"allowed": [], "refused": [], "added": [], "removed": []}
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir={workdir} is a file, not a directory. Pass a new or empty --workdir.")
   if not os.path.isfile(path):
     if os.path.isdir(workdir) and has_run_state(workdir):
       raise ConfigError(
