@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from PIL import Image
+
 from derefl_jax import dsrnet_weights as dw
-from derefl_jax import models
+from derefl_jax import models, predict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dsrnet_ref  # noqa: E402
@@ -53,7 +55,7 @@ def official_reduced(tmp_path_factory):
 
 
 @needs_official
-def test_reduced_dsrnet_parity_both_pt_forms_two_sizes(official_reduced):
+def test_reduced_dsrnet_parity_both_pt_forms_official_pipeline(official_reduced):
   o = official_reduced
   torch = o["torch"]
   model, tr, fr, info = dw.load_dsrnet(o["dir"] / "official_form.pt", vgg_weights=o["vgg_sd"])
@@ -63,17 +65,71 @@ def test_reduced_dsrnet_parity_both_pt_forms_two_sizes(official_reduced):
   sd2, meta2 = dw.read_state_dict(o["dir"] / "bare.pt")  # the bare state-dict form: same params
   assert meta2["format"] == "state_dict"
   jax.tree.map(np.testing.assert_array_equal, tr, dw.convert_state_dict(sd2, model))
-  params = models.merge_params(tr, fr)
-  rng = np.random.default_rng(0)
-  for shape in ((1, 32, 32, 3), (1, 48, 64, 3)):  # square and non-square
-    x = rng.uniform(size=shape).astype(np.float32)
-    ours = _compile(model, params, shape)(params, x)
-    ref = dsrnet_ref.official_forward(o["net"], o["vgg"], torch.from_numpy(x).permute(0, 3, 1, 2))
+  # The official evaluation pipeline (--if_align): PIL RGB, resize to multiples of 32 with PIL's
+  # default filter, to_tensor, net(I, vgg(I)). Two photos: 70x40 -> 64x32 (non-square), 45x33 -> 32x32.
+  pred = predict.Predictor(model, models.merge_params(tr, fr), raw=True)
+  for path in _photos(o["dir"] / "photos"):
+    ours = pred.aligned(Image.open(path))
+    with Image.open(path) as im:
+      im = im.convert("RGB")
+      w, h = im.size
+      im = im.resize((w // 32 * 32, h // 32 * 32))
+    x = torch.from_numpy(np.asarray(im, np.float32) / 255.0).permute(2, 0, 1)[None]
+    ref = dsrnet_ref.official_forward(o["net"], o["vgg"], x)
     for k, r in zip(("T", "R", "RR"), ref):
-      r = r.permute(0, 2, 3, 1).numpy()
-      assert float(np.abs(r).max()) > 0.5  # outputs are not trivially small
-      err = float(np.abs(np.asarray(ours[k]) - r).max())
-      assert err < TOL, (shape, k, err)
+      r = r[0].permute(1, 2, 0).numpy()
+      assert ours[k].shape == r.shape and float(np.abs(r).max()) > 0.5  # not trivially small
+      err = float(np.abs(ours[k] - r).max())
+      assert err < TOL, (path.name, k, err)
+
+
+def _photos(folder):
+  """Two PNG photos (lossless) of sizes 70x40 and 45x33 (W x H), written once."""
+  from skimage import data as skdata
+
+  if not folder.exists():
+    folder.mkdir()
+    Image.fromarray(skdata.coffee()[100:140, 200:270]).save(folder / "wide.png")
+    Image.fromarray(skdata.chelsea()[50:83, 100:145]).save(folder / "small.png")
+  return sorted(folder.glob("*.png"))
+
+
+@needs_official
+def test_predict_cli_on_official_pt(official_reduced, tmp_path, monkeypatch, capsys):
+  """`predict --checkpoint X.pt --if_align` writes the official pipeline's T/R/RR to one 8-bit level."""
+  o = official_reduced
+  torch = o["torch"]
+  cache = tmp_path / "th" / "hub" / "checkpoints"
+  cache.mkdir(parents=True)
+  torch.save({k: torch.from_numpy(v) for k, v in o["vgg_sd"].items()}, cache / dw.VGG19_FILE)
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))  # VGG19 found where torchvision caches it
+  photos = _photos(o["dir"] / "photos")
+  rc = predict.main(["--checkpoint", str(o["dir"] / "official_form.pt"), "--input", str(photos[0].parent),
+                     "--output", str(tmp_path / "out"), "--if_align"])
+  assert rc == 0
+  captured = capsys.readouterr()
+  assert "images/s" in captured.out and "variant custom" in captured.err
+  for path in photos:
+    with Image.open(path) as im:
+      w, h = im.size
+      x = np.asarray(im.convert("RGB").resize((w // 32 * 32, h // 32 * 32)), np.float32) / 255.0
+    ref = dsrnet_ref.official_forward(o["net"], o["vgg"], torch.from_numpy(x).permute(2, 0, 1)[None])
+    for name, r in zip(("T", "R", "RR"), ref):
+      r = r[0].permute(1, 2, 0).numpy()
+      r = (r + 1) / 2 if name == "RR" else r  # the official code saves RR as (RR + 1) / 2
+      want = np.clip(r, 0, 1) * 255.0
+      got = np.asarray(Image.open(tmp_path / "out" / f"{path.stem}_{name}.png"), np.float64)
+      assert got.shape == want.shape and np.abs(got - want).max() <= 1.0, (path.name, name)
+  # errors: a CLIP-like .pt, a truncated file, no VGG weights anywhere -> one line, exit 2
+  torch.save({"visual.proj": torch.zeros(2, 2)}, tmp_path / "clip.pt")
+  assert predict.main(["--checkpoint", str(tmp_path / "clip.pt"), "--input", str(photos[0]),
+                       "--output", str(tmp_path / "o2")]) == 2
+  assert "matches no DSRNet variant" in capsys.readouterr().err
+  monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+  assert predict.main(["--checkpoint", str(o["dir"] / "bare.pt"), "--input", str(photos[0]),
+                       "--output", str(tmp_path / "o3")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "--vgg_weights" in err and dw.VGG19_URL in err
 
 
 @needs_official
