@@ -161,8 +161,12 @@ def main():
     ap.add_argument("--skip-numpy-topk", action="store_true", help="(b) without the numpy backend")
     ap.add_argument("--only-topk", action="store_true", help="only (b), the exact top-k search")
     ap.add_argument("--threads", type=int, default=2, help="(b): faiss OpenMP threads = HammingIndex threads")
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="OMP_WAIT_POLICY=PASSIVE for faiss (idle OpenMP threads sleep instead of spinning)")
     args = ap.parse_args()
     args.topk_bits = [int(b) for b in args.topk_bits.split(",")]
+    if args.omp_passive:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read when the OpenMP runtime starts (faiss import)
     import faiss
 
     faiss.omp_set_num_threads(args.threads)  # the same for faiss's OpenMP and HammingIndex(num_threads=...)
@@ -170,7 +174,7 @@ def main():
     rng = np.random.default_rng(0)
     print(f"host: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs usable, "
           f"load avg {os.getloadavg()[0]:.1f}; numpy {np.__version__}, faiss {faiss.__version__}, "
-          f"faiss omp threads {faiss.omp_get_max_threads()}")
+          f"faiss omp threads {faiss.omp_get_max_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}")
     n = args.db_size
     rows = [] if args.only_topk else full_ranking(args, faiss, rng)
 
