@@ -1,7 +1,51 @@
-"""Test setup: 8 fake CPU devices so that sharding is exercised (must run before jax is imported)."""
+"""Test setup: 8 fake CPU devices so that sharding is exercised (must run before jax is imported),
+and the tiny finished runs that several test files share (session scope: each is trained once).
+
+A test that reruns an entry point in one of these workdirs must leave it unchanged (the
+bad-input tests check this by hashing every file); a test that needs to change one copies it.
+"""
 import os
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Shortened derefl demo: same model (tiny preset), data, losses and evaluation as the default
+# demo, fewer steps and smaller pools. Batch 8 = one image per fake CPU device.
+DEREFL_SHORT_DEMO = [
+    "--config.num_steps=80", "--config.data.batch_size=8", "--config.data.crop=32", "--config.data.pool_size=128",
+    "--config.data.eval_pairs=16", "--config.eval.batch_size=1", "--config.log_every_steps=40",
+    "--config.checkpoint.every_steps=80", "--config.optim.warmup_steps=10",
+]
+
+# A finished LCDH stream small enough to be compile-bound: the `tiny` preset (16 bits, 3 rounds of
+# 100 items) with 4 teacher steps and 4 student steps per round, logged at every step.
+LCDH_TINY_RUN = [
+    "--config=train/configs/lcdh.py:tiny", "--config.teacher.steps=4", "--config.student.steps_per_round=4",
+    "--config.log_every_steps=1", "--config.eval.pr_curve=false", "--config.clip.tiny_layers=1",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+  """(workdir, summary) of the shortened `python -m train.derefl` demo."""
+  from train import derefl
+
+  workdir = tmp_path_factory.mktemp("derefl_demo")
+  summary = derefl.main(DEREFL_SHORT_DEMO + [f"--workdir={workdir}"])
+  return workdir, summary
+
+
+@pytest.fixture(scope="session")
+def lcdh_run(tmp_path_factory):
+  """(workdir, results, argv) of a finished tiny `python -m train.lcdh` run (uninterrupted)."""
+  from train import lcdh
+
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  argv = [a.replace("train/configs", os.path.join(repo, "train", "configs")) for a in LCDH_TINY_RUN]
+  workdir = tmp_path_factory.mktemp("lcdh_tiny")
+  results = lcdh.main(argv + [f"--workdir={workdir}"])
+  return workdir, results, argv
