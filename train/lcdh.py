@@ -619,6 +619,15 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   validate_config(config, jax.device_count())
   config_lib.require_choice(config, "dataset", sorted({"synthetic", *data_lib.DATASETS}))
   config_lib.require_choice(config, "student.backbone", ("small_cnn", "vgg16"))
+  sc = config.student
+  if sc.backbone == "vgg16" and not sc.vgg_weights and not sc.allow_random_vgg:
+    raise config_lib.ConfigError(
+        "config.student.backbone='vgg16' needs ImageNet weights: pass --config.student.vgg_weights="
+        "<path to torchvision vgg16-397923af.pth>, or --config.student.allow_random_vgg=true to train "
+        "VGG16 from scratch, or --config.student.backbone=small_cnn.")
+  if sc.backbone == "vgg16" and sc.vgg_weights and not os.path.isfile(sc.vgg_weights):
+    raise FileNotFoundError(f"config.student.vgg_weights={sc.vgg_weights!r} does not exist. Put torchvision's "
+                            "ImageNet VGG16 state dict there (vgg16-397923af.pth from download.pytorch.org/models).")
   name, tok = config.clip.name, config.clip.get("tokenizer", "")
   if name != "tiny" and not tok and (os.path.isfile(name) or name.endswith((".pt", ".pth"))):
     raise config_lib.ConfigError(
