@@ -23,7 +23,7 @@ def _split_overrides(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     if a.startswith("--config."):
       key, eq, value = a[len("--config."):].partition("=")
       if not eq:
-        if i + 1 >= len(args):
+        if i + 1 >= len(args) or args[i + 1].startswith("--"):
           raise config_lib.ConfigError(f"{a} needs a value: --config.{key}=VALUE")
         value = args[i + 1]
         i += 1
