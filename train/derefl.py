@@ -359,8 +359,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   config_lib.require_choice(config, "data.source", ("demo", "files"))
   config_lib.require_choice(config, "synthesis.recipe", ("dsrnet", "zhang"))
   config_lib.require_choice(config, "optim.schedule", ("constant", "cosine"))
-  config_lib.require_positive(config, "num_steps", "eval.batch_size", "checkpoint.every_steps",
-                              "log_every_steps")
+  config_lib.require_positive(config, "num_steps", allow_zero=True)  # 0: evaluate the initial model
+  config_lib.require_positive(config, "eval.batch_size", "checkpoint.every_steps", "log_every_steps")
   parallel.local_batch_size(int(config.data.batch_size), key="data.batch_size")
 
 
