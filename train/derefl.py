@@ -31,7 +31,6 @@ equal to the checkpoint's step only evaluates.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -60,7 +59,7 @@ MODEL_FILE = "model.json"
 def model_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """{"preset", "fields"}: the model preset and the non-None field overrides of ``config.model``."""
   fields = {k: v for k, v in config.model.to_dict().items() if k != "preset" and v is not None}
-  for k in ("enc_blocks", "dec_blocks"):
+  for k in ("enc_blocks", "dec_blocks", "lrm_blocks"):
     if k in fields:
       fields[k] = list(fields[k]) if isinstance(fields[k], (list, tuple)) else [int(fields[k])]
   return {"preset": config.model.preset, "fields": fields}
@@ -82,14 +81,56 @@ def _check_paper_inputs(config: ml_collections.ConfigDict, model: models.Reflect
   if not Path(config.data.root).is_dir():
     raise FileNotFoundError(f"--config.data.root={config.data.root} is not a directory. Expected layout:\n"
                             f"{data_lib.LAYOUT}")
+  vgg_weights_path(config, model)
+
+
+def vgg_weights_path(config: ml_collections.ConfigDict, model: models.ReflectionRemovalNet) -> str | None:
+  """VGG19 weights for the prior / perceptual loss: config.vgg_weights, else torchvision's cache
+  ($TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth) for runs that need a real VGG; None = random (demo)."""
+  from derefl_jax import dsrnet_weights
+  needs_real = config.data.source != "demo" or model.stem == "vgg_pyramid"
   needs_vgg = model.use_prior or float(config.loss.vgg) > 0
-  if needs_vgg and not config.vgg_weights:
-    raise FileNotFoundError(
-        "This preset needs torchvision's VGG19 weights (frozen prior and perceptual loss): download "
-        "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth and pass --config.vgg_weights=PATH.")
-  if needs_vgg and not Path(config.vgg_weights).is_file():
-    raise FileNotFoundError(f"--config.vgg_weights={config.vgg_weights} does not exist (expected torchvision's "
-                            "vgg19-dcbb9e9d.pth or another VGG19 state dict).")
+  if config.vgg_weights or (needs_vgg and needs_real):
+    return str(dsrnet_weights.resolve_vgg_weights(config.vgg_weights or None))
+  return None
+
+
+def load_init_from(path: str, model: models.ReflectionRemovalNet, trainable: Mapping[str, Any]
+                   ) -> tuple[dict, list[str], list[str], dict]:
+  """Trainable params initialised from a DSRNet .pt/.ckpt -> (params, loaded, fresh, file info).
+
+  A DSRNet preset of the file's variant loads strictly (every tensor, named errors otherwise); any
+  other model (e.g. ``paper``) takes every tensor whose path and shape match, the rest stays fresh.
+  """
+  from derefl_jax import dsrnet_weights
+  sd, meta = dsrnet_weights.read_state_dict(path)
+  variant, fields = dsrnet_weights.infer_variant(sd)
+  reference = models.ReflectionRemovalNet(**fields, dtype=model.dtype)
+  info = dict(meta, variant=variant)
+  if reference == model:
+    params = dsrnet_weights.convert_state_dict(sd, model, source=path)
+    params = jax.tree.map(lambda v, t: jnp.asarray(v, t.dtype), params, dict(trainable))
+    names = ["/".join(str(getattr(k, "key", k)) for k in p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return params, names, [], info
+  params, loaded, fresh = dsrnet_weights.init_from_state_dict(sd, reference, trainable)
+  if not loaded:
+    raise dsrnet_weights.CheckpointError(
+        f"--init_from {path}: no tensor of this {variant} DSRNet matches the model ({config_name(model)}) in "
+        "path and shape; use a dsrnet_* model preset or a model of matching width.")
+  return params, loaded, fresh, info
+
+
+def config_name(model: models.ReflectionRemovalNet) -> str:
+  return f"width {model.width}, stem {model.stem}, enc {tuple(model.enc_blocks)}"
+
+
+def _summarise(paths: list[str]) -> str:
+  """'enc0_0 (16), mid_0 (16), ...': tensors per top-level module."""
+  counts: dict[str, int] = {}
+  for p in paths:
+    top = p.split("/")[0]
+    counts[top] = counts.get(top, 0) + 1
+  return ", ".join(f"{k} ({v})" for k, v in counts.items())
 
 
 def zero_init_head(trainable: Mapping[str, Any]) -> dict:
@@ -150,6 +191,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array
   def loss_fn(params):
     out, _ = model.apply({"params": models.merge_params(params, state.frozen)}, inputs)
     loss, terms = losses.total_loss(out=out, inputs=inputs, target_t=target_t, target_r=target_r, r_mask=has_r,
+                                    residual=out.get("RR"),  # DSRNet: recons = L1(T + R + RR, I)
                                     vgg_apply=vgg_apply, vgg_params=vgg_params, config=loss_config)
     return loss, (terms, out["T"])
 
@@ -282,17 +324,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   batch_fn = _batch_fn(config, mesh)  # file layout errors surface here, before compiling
   if config.data.source == "files":
     test_folders = data_lib.test_sets(config.data.root, list(config.data.test_sets))
-  os.makedirs(workdir, exist_ok=True)
-  if parallel.is_main_process():
-    with open(os.path.join(workdir, MODEL_FILE), "w") as f:
-      json.dump(model_spec(config), f, indent=2)
-
-  trainable, frozen = models.init_params(model, int(config.seed), vgg_weights=config.vgg_weights or None)
-  if config.zero_init_head:
+  vgg_path = vgg_weights_path(config, model)
+  trainable, frozen = models.init_params(model, int(config.seed), vgg_weights=vgg_path)
+  if config.zero_init_head and not config.init_from:
     trainable = zero_init_head(trainable)
+  if config.init_from:  # released DSRNet weights (a resumed run restores its own checkpoint over these)
+    trainable, loaded, fresh, info = load_init_from(config.init_from, model, trainable)
+    print(f"init_from {config.init_from} ({info['variant']} DSRNet, {info['format']}): loaded {len(loaded)} "
+          f"tensors: {_summarise(loaded)}")
+    print(f"initialised fresh ({len(fresh)} tensors): " + (", ".join(fresh) if fresh else "none"))
+  # model.json only once the config, the model and its weights are known to be good (atomic write).
+  if parallel.is_main_process():
+    from train import config_lib
+    config_lib.write_json_atomic(os.path.join(workdir, MODEL_FILE), model_spec(config), indent=2)
   n_params = models.param_count(trainable)
   print(f"model preset {config.model.preset}: {n_params:,} trainable parameters, "
-        f"{models.param_count(frozen):,} frozen (VGG19{' random' if not config.vgg_weights else ''}); "
+        f"{models.param_count(frozen):,} frozen (VGG19{' random' if not vgg_path else ''}); "
         f"{len(mesh.devices.flat)} device(s), global batch {config.data.batch_size}")
   state = TrainState.create(params=trainable, tx=make_optimizer(config), rng=jax.random.PRNGKey(config.seed + 1),
                             frozen=frozen)
@@ -356,6 +403,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     build(config)
   except (ValueError, TypeError) as e:
     raise config_lib.ConfigError(f"config.model: {e} Fix the --config.model.* override.") from None
+  if config.get("init_from"):
+    config_lib.require(Path(config.init_from).is_file(), "init_from",
+                       f"{config.init_from} does not exist (a DSRNet .pt/.ckpt, e.g. dsrnet_l_epoch18.pt).")
   config_lib.require_choice(config, "data.source", ("demo", "files"))
   config_lib.require_choice(config, "synthesis.recipe", ("dsrnet", "zhang"))
   config_lib.require_choice(config, "optim.schedule", ("constant", "cosine"))
@@ -364,8 +414,24 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   parallel.local_batch_size(int(config.data.batch_size), key="data.batch_size")
 
 
+def _init_from_flag(argv):
+  """``--init_from FILE`` / ``--init_from=FILE`` -> ``--config.init_from=FILE``."""
+  out, i = [], 0
+  while i < len(argv):
+    a = argv[i]
+    if a == "--init_from" and i + 1 < len(argv):
+      out.append(f"--config.init_from={argv[i + 1]}")
+      i += 2
+      continue
+    out.append("--config.init_from=" + a[len("--init_from="):] if a.startswith("--init_from=") else a)
+    i += 1
+  return out
+
+
 def main(argv=None):
   """`python -m train.derefl`: user errors print one `error:` line and exit with code 2 (train.cli)."""
+  import sys
+  argv = _init_from_flag(sys.argv[1:] if argv is None else list(argv))
   return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv,
                  resumable_keys=RESUMABLE_KEYS, validate=_validate)
 

@@ -275,3 +275,26 @@ def test_full_dsrnet_l_parity_small_input():
   for k, r in zip(("T", "R", "RR"), ref):
     err = float(np.abs(np.asarray(ours[k]) - r.permute(0, 2, 3, 1).numpy()).max())
     assert err < TOL, (k, err)
+
+
+def test_train_init_from_dsrnet_pt(tmp_path, capsys):
+  """`train.derefl --init_from X.pt`: tiny preset takes the tensors that match, logs loaded / fresh."""
+  torch = pytest.importorskip("torch")
+  from train import derefl as train_derefl
+
+  src = models.build_model("dsrnet_s", width=8, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1),
+                           lrm_blocks=(1, 1))
+  sd = {k: torch.full(v.shape, 0.25) for k, v in _fake_sd(src).items()}
+  torch.save({"weight": sd, "epoch": 1, "iterations": 10}, tmp_path / "dsrnet_small.pt")
+  tiny = models.build_model("tiny")
+  shapes = jax.eval_shape(tiny.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+  trainable = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), models.split_params(shapes["params"])[0])
+  params, loaded, fresh, info = train_derefl.load_init_from(str(tmp_path / "dsrnet_small.pt"), tiny, trainable)
+  assert info["variant"] == "custom" and "enc0_0/b_t" in loaded and "down1/kernel" in loaded
+  assert "intro/kernel" in fresh and "hf/head/kernel" in fresh
+  assert float(params["enc0_0"]["expand1"]["kernel"].min()) == 0.25
+  assert train_derefl._init_from_flag(["--init_from", "a.pt", "--x"]) == ["--config.init_from=a.pt", "--x"]
+  # a missing file: one error line, exit 2, nothing written
+  with pytest.raises(SystemExit) as e:
+    train_derefl.main(["--init_from", str(tmp_path / "nope.pt"), f"--workdir={tmp_path / 'run'}"])
+  assert e.value.code == 2 and "init_from" in capsys.readouterr().err and not (tmp_path / "run").exists()

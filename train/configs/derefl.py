@@ -14,6 +14,17 @@ Presets (select with `--config=train/configs/derefl.py:<preset>`; override any f
          Needs the DSRNet data layout (see derefl_jax/data.py, docs/derefl.md) and torchvision's
          VGG19 weights. Aims at the paper's numbers (PSNR/SSIM): Real20 25.12/.828,
          Objects 27.07/.930, Postcard 26.43/.931, Wild 27.96/.922, Nature 27.03/.853.
+         `--init_from dsrnet_l_epoch18.pt` starts it from released DSRNet weights wherever the
+         path and shape match (the log lists loaded and fresh tensors).
+
+  dsrnet_l / dsrnet_l_nature
+         python -m train.derefl --config=train/configs/derefl.py:dsrnet_l --init_from dsrnet_l_epoch18.pt \
+             --config.data.root=/data/reflection
+         Exact DSRNet-L (ICCV 2023) with its loss set (pixel + gradient on T and R, VGG 0.01,
+         exclusion, reconstruction 0.2 with RR), Adam 1e-4, batch 1: fine-tunes the released
+         weights (or trains from scratch without --init_from). VGG19 from --config.vgg_weights or
+         $TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth. DSRNet's numbers (PSNR/SSIM): Real20
+         24.23/.820, Objects 26.28/.914, Postcard 24.56/.908, Wild 25.68/.896.
 
 Model fields set to None take the model preset's value (derefl_jax.models.PRESETS).
 """
@@ -28,7 +39,8 @@ def _model(preset: str) -> ml_collections.ConfigDict:
       # None -> the preset's value; set to override (e.g. --config.model.width=16).
       "width": None, "enc_blocks": None, "middle_blocks": None, "dec_blocks": None, "attention": None,
       "max_heads": None, "hf_blocks": None, "hf_kernel": None, "use_prior": None,
-      "vgg_width_divisor": None, "t_residual": None,
+      "vgg_width_divisor": None, "t_residual": None, "stem": None, "prior_normalize": None, "shared_b": None,
+      "lrm_blocks": None,
   })
 
 
@@ -44,6 +56,7 @@ def _common() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.vgg_weights = ""  # torchvision VGG19 state dict (.pth); "" -> random VGG (demo only)
+  c.init_from = ""  # DSRNet .pt/.ckpt to start from (also: --init_from FILE); "" = random init
   c.zero_init_head = True  # output conv zero-initialised: T = I, R_low = 0 at step 0 (see train/derefl.py)
   c.synthesis = ml_collections.ConfigDict({
       "recipe": "dsrnet",     # "dsrnet" | "zhang"
@@ -106,7 +119,16 @@ def _paper() -> ml_collections.ConfigDict:
   return c
 
 
-PRESETS = {"demo": _demo, "paper": _paper}
+def _dsrnet(model_preset: str) -> ml_collections.ConfigDict:
+  c = _paper()
+  c.model = _model(model_preset)
+  c.loss = _loss(low_freq=0.0, high_freq=0.0)  # DSRNet's set: no frequency-split terms
+  c.zero_init_head = False  # DSRNet's head is an ordinary conv (T = ending(f_T))
+  return c
+
+
+PRESETS = {"demo": _demo, "paper": _paper, "dsrnet_l": lambda: _dsrnet("dsrnet_l"),
+           "dsrnet_l_nature": lambda: _dsrnet("dsrnet_l_nature")}
 
 
 def get_config(preset: str = "demo") -> ml_collections.ConfigDict:
