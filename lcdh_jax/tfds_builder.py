@@ -112,7 +112,7 @@ class LcdhCrossModal(tfds.core.GeneratorBasedBuilder):
                      f"{spec.url_hint if spec else 'user data'}."),
         features=tfds.features.FeaturesDict({
             "index": tfds.features.Scalar(dtype=np.int64),
-            "image": tfds.features.Image(shape=(None, None, 3)),
+            "image": tfds.features.Image(shape=(None, None, None)),  # the file's bytes; see decode_image
             "caption": tfds.features.Text(),
             "bow": tfds.features.Tensor(shape=(None,), dtype=np.float32),
             "labels": tfds.features.Tensor(shape=(None,), dtype=np.float32),

@@ -54,13 +54,16 @@ def process_info(process_index: int | None = None, process_count: int | None = N
   return int(process_index), int(process_count)
 
 
-def open_source(data_dir: str, name: str, split: str, *, decoders: Mapping[str, Any] | None = None):
+def open_source(data_dir: str, name: str, split: str, *, decoders: Mapping[str, Any] | None = None,
+                decode_images: bool = False):
   """``tfds.data_source(name, split=split, data_dir=data_dir)`` of a prepared dataset (no download).
 
   ``name`` is ``<builder>/<config>`` (e.g. ``lcdh_cross_modal/mirflickr``). The dataset must have
   been prepared (``<method>_jax.tfds_builder.prepare``); a missing one is a FileNotFoundError that
-  says so. ``decoders`` as in tfds (e.g. ``{"image": tfds.decode.SkipDecoding()}`` to get the
-  encoded bytes).
+  says so. Image features come back as their stored bytes (tfds's ``SkipDecoding``) unless
+  ``decode_images``: the method packages decode them with their readers' own PIL code (tfds decodes
+  with OpenCV, whose JPEG output and channel handling differ). ``decoders`` as in tfds, for other
+  features.
   """
   import os
 
@@ -79,7 +82,12 @@ def open_source(data_dir: str, name: str, split: str, *, decoders: Mapping[str, 
   builder = tfds.builder_from_directory(os.path.join(root, versions[-1]))
   if split not in builder.info.splits:
     raise ValueError(f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}.")
-  return builder.as_data_source(split=split, decoders=decoders)
+  decoders = dict(decoders or {})
+  if not decode_images:
+    for key, feature in builder.info.features.items():
+      if isinstance(feature, tfds.features.Image):
+        decoders.setdefault(key, tfds.decode.SkipDecoding())
+  return builder.as_data_source(split=split, decoders=decoders or None)
 
 
 def shard_indices(indices: np.ndarray | int, *, seed: int, process_index: int | None = None,
