@@ -7,29 +7,43 @@ import pytest
 from backbones_jax import vgg
 
 
+# torchvision.models.vgg `cfgs` ('D' = VGG16, 'E' = VGG19), written out here independently of the
+# library: channel counts, "M" = MaxPool2d(2, 2). features = Conv2d(3x3, padding=1) + ReLU per number.
+TORCHVISION_CFGS = {
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+}
+# torchvision's ImageNet normalisation (the VGG weights' transforms), written out independently.
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
 def _torch_features(depth):
-  """A torch nn.Sequential in torchvision's vgg{16,19}().features layout."""
+  """torch nn.Sequential built as torchvision's make_layers(cfg) does: keys features.N.weight/bias."""
   torch = pytest.importorskip("torch")
   nn = torch.nn
   layers, c_in = [], 3
-  for b, n in enumerate(vgg._BLOCKS[depth]):
-    for _ in range(n):
-      layers += [nn.Conv2d(c_in, vgg._WIDTHS[b], 3, padding=1), nn.ReLU(inplace=False)]
-      c_in = vgg._WIDTHS[b]
-    layers.append(nn.MaxPool2d(2, 2))
+  for v in TORCHVISION_CFGS[depth]:
+    if v == "M":
+      layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    else:
+      layers += [nn.Conv2d(c_in, v, kernel_size=3, padding=1), nn.ReLU(inplace=False)]
+      c_in = v
   return nn.Sequential(*layers)
 
 
-def _torch_taps(features, x, depth):
-  """Run the torch Sequential, recording the output of every ReLU under its tap name."""
+def _torch_taps(features, x):
+  """Run the torch Sequential, naming every ReLU output relu{block}_{index} (block = pools seen + 1)."""
   torch = pytest.importorskip("torch")
-  names = iter(vgg.all_taps(depth))
-  out = {}
+  out, block, index = {}, 1, 0
   with torch.no_grad():
     for layer in features:
       x = layer(x)
-      if isinstance(layer, torch.nn.ReLU):
-        out[next(names)] = x.permute(0, 2, 3, 1).numpy()
+      if isinstance(layer, torch.nn.MaxPool2d):
+        block, index = block + 1, 0
+      elif isinstance(layer, torch.nn.ReLU):
+        index += 1
+        out[f"relu{block}_{index}"] = x.permute(0, 2, 3, 1).numpy()
   return out
 
 
@@ -39,13 +53,13 @@ def test_parity_with_torchvision_layout(depth):
   torch.manual_seed(depth)
   feats = _torch_features(depth).eval()
   sd = {"features." + k: v.detach().numpy() for k, v in feats.state_dict().items()}
-  taps = tuple(vgg.all_taps(depth))
-  model, params = vgg.load_torchvision_vgg(sd, depth, taps=taps)
   rng = np.random.default_rng(0)
   x01 = rng.uniform(size=(2, 32, 48, 3)).astype(np.float32)
+  ref = _torch_taps(feats, torch.from_numpy((x01 - MEAN) / STD).permute(0, 3, 1, 2).contiguous())
+  assert len(ref) == depth - 3  # 13 / 16 conv+ReLU taps
+  taps = tuple(ref)
+  model, params = vgg.load_torchvision_vgg(sd, depth, taps=taps)
   ours = jax.jit(lambda p, x: vgg.vgg_features(model, p, x))(params, x01)
-  xn = (x01 - np.array(vgg.IMAGENET_MEAN, np.float32)) / np.array(vgg.IMAGENET_STD, np.float32)
-  ref = _torch_taps(feats, torch.from_numpy(xn).permute(0, 3, 1, 2).contiguous(), depth)
   assert set(ours) == set(taps)
   for name in taps:
     scale = max(1.0, float(np.abs(ref[name]).max()))
