@@ -202,12 +202,16 @@ def _fp16_adamw_step(p, g, m, v, step, *, steps, lr, end_lr, eps, weight_decay, 
   r = lambda x: _f16(x, True)
   t = (step + 1).astype(jnp.float32)
   lr_t = _cosine_lr(step, steps, lr, end_lr)
+  # torch computes the bias corrections 1 - beta**t in Python doubles; 1 - b2**t in float32 loses
+  # ~1e-5 relative (cancellation), enough to flip fp16 roundings: -expm1(t log b) is float32-exact.
+  bc1 = -jnp.expm1(t * jnp.float32(math.log(b1)))
+  bc2 = -jnp.expm1(t * jnp.float32(math.log(b2)))
   g = r(g)
   p = r(p * (1.0 - lr_t * weight_decay))
   m = r(m + (1.0 - b1) * (g - m))                      # exp_avg.lerp_(grad, 1 - beta1)
   v = r(r(v * b2) + (1.0 - b2) * g * g)                # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-  denom = r(r(r(jnp.sqrt(v)) / jnp.sqrt(1.0 - b2 ** t)) + eps)
-  p = r(p - (lr_t / (1.0 - b1 ** t)) * m / denom)      # addcdiv_(exp_avg, denom, -step_size)
+  denom = r(r(r(jnp.sqrt(v)) / jnp.sqrt(bc2)) + eps)
+  p = r(p - (lr_t / bc1) * m / denom)                  # addcdiv_(exp_avg, denom, -step_size)
   return p, m, v
 
 
