@@ -141,13 +141,13 @@ class LcdhCrossModal(tfds.core.GeneratorBasedBuilder):
             "database": self._generate_examples(d, split.database)}
 
   def _generate_examples(self, d: data_lib.CrossModalData, indices: np.ndarray):
-    for i in indices:
+    for k, i in enumerate(indices):  # with disable_shuffling, tfds writes records in key order
       i = int(i)
       if d.images is not None:
         image = _encode_png(d.images[i])
       else:
         image = Path(d.image_paths[i]).read_bytes()
-      yield i, {"index": i, "image": image, "caption": d.captions[i], "bow": d.tags[i],
+      yield k, {"index": i, "image": image, "caption": d.captions[i], "bow": d.tags[i],
                 "labels": d.labels[i]}
 
 

@@ -108,7 +108,8 @@ def make_dataset(source: Sequence[Any], *, transform: Callable[[Any, int], Any] 
                  drop_remainder: bool = True):
   """A ``grain.MapDataset`` over this process's shard of ``source`` (see the module docstring).
 
-  ``transform(record, index) -> element`` (default: the record with ``"index"`` added) runs on
+  ``transform(record, index) -> element`` (default: the record dict with ``"index"`` added; a
+  record that is not a dict comes as ``{"record": record, "index": index}``) runs on
   each record; ``index`` is the record's position in ``source``. ``indices`` restricts the dataset
   to those records (e.g. a train split stored inside a larger one). ``num_epochs=None`` repeats
   forever (index the result by step); ``batch_size`` batches with ``drop_remainder``.
@@ -132,7 +133,8 @@ def make_dataset(source: Sequence[Any], *, transform: Callable[[Any, int], Any] 
   if transform is None:
     def read(i):
       i = int(i)
-      rec = dict(source[i])
+      rec = source[i]
+      rec = dict(rec) if isinstance(rec, Mapping) else {"record": rec}
       rec["index"] = np.int64(i)
       return rec
   else:

@@ -1,0 +1,127 @@
+"""The tfds builders of the three methods: fake raw layouts prepared and read back equal the raw readers."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import fakes  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------- LCDH
+
+@pytest.mark.parametrize("layout", ["arrays", "paths"])
+def test_lcdh_prepared_equals_raw_reader(tmp_path, layout):
+  from lcdh_jax import data as data_lib
+  from lcdh_jax import tfds_builder as tb
+  raw = fakes.make_lcdh_raw(tmp_path / "raw", layout)
+  out = tb.prepare(raw, tmp_path / "prep", dataset="synthetic", num_query=5, num_train=7, split_seed=3)
+  assert out == tb.dataset_dir(tmp_path / "prep", "synthetic") and tb.is_prepared(tmp_path / "prep", "synthetic")
+  ref = data_lib.load_dataset("synthetic", raw)
+  got = tb.load_prepared(tmp_path / "prep", "synthetic")
+  assert len(got) == len(ref) == 24
+  np.testing.assert_array_equal(got.tags, ref.tags)
+  np.testing.assert_array_equal(got.labels, ref.labels)
+  assert got.captions == ref.captions and got.tag_vocab == ref.tag_vocab
+  assert got.bow_source == ref.bow_source and got.text_source.startswith(ref.text_source)
+  for i in range(len(ref)):  # the same pixels, native size and resized (JPEG and grayscale in `paths`)
+    np.testing.assert_array_equal(got.image(i), ref.image(i))
+    np.testing.assert_array_equal(got.image(i, 16), ref.image(i, 16))
+  # the stored DCMH split: query, then the database in protocol order (train set first)
+  split = data_lib.split_indices(len(ref), num_query=5, num_train=7, seed=3)
+  q = tb.open_split(tmp_path / "prep", "synthetic", "query")
+  db = tb.open_split(tmp_path / "prep", "synthetic", "database")
+  assert [int(q[k]["index"]) for k in range(len(q))] == split.query.tolist()
+  assert [int(db[k]["index"]) for k in range(len(db))] == split.database.tolist()
+  assert got.metadata["num_train"] == 7 and got.metadata["split_seed"] == 3
+  # the grain element equals lcdh_jax.data.image_dataset's for the same item
+  fn = tb.record_transform(image_size=16, flip_seed=4)
+  want = data_lib.image_dataset(ref, split.database[:4], batch_size=4, seed=4, image_size=16, shuffle=False,
+                                repeat=False, flip=True)[0]
+  els = [fn(db[k], k) for k in range(4)]
+  for key in ("index", "image", "bow", "labels"):
+    np.testing.assert_array_equal(np.stack([e[key] for e in els]), want[key])
+
+
+def test_lcdh_unprepared_and_missing_raw_errors(tmp_path):
+  from lcdh_jax import tfds_builder as tb
+  with pytest.raises(FileNotFoundError, match="prepare it once"):
+    tb.load_prepared(tmp_path, "mirflickr")
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    tb.prepare(tmp_path / "nothing", tmp_path / "prep", dataset="mirflickr")
+
+
+# ------------------------------------------------------------------------------------------ MVREC
+
+def test_mvrec_prepared_equals_raw_reader(tmp_path):
+  from mvrec_jax import data as data_lib
+  from mvrec_jax import tfds_builder as tb
+  raw = fakes.make_mvrec_raw(tmp_path / "raw")
+  tb.prepare(raw, tmp_path / "prep", category="weave")
+  ref = data_lib.load_category(raw, "weave", data_root=raw)
+  got = tb.load_prepared(tmp_path / "prep", "weave")
+  assert got.class_names == ref.class_names
+  modes = set()
+  kw = dict(method="ms", crop_sizes=(32, 48), resize=(40, 24))
+  for s in ("train", "valid"):
+    src = tb.open_split(tmp_path / "prep", "weave", s)
+    assert len(src) == len(ref.split(s)) == len(got.split(s))
+    for k, (a, b) in enumerate(zip(ref.split(s), got.split(s))):
+      assert a.key == b.key and a.bbox == b.bbox and a.label == b.label and a.image_size == b.image_size
+      np.testing.assert_array_equal(a.polygon, b.polygon)
+      rec = src[k]
+      modes.add(tb.decode_image(rec["image"]).mode)
+      want = data_lib.instance_inputs(a, **kw)
+      have = tb.record_views(rec, **kw)
+      for x, y in zip(want, have):
+        np.testing.assert_array_equal(x, y)
+  assert {"RGBA", "L", "RGB"} <= modes  # image modes are kept as the official reader keeps them
+
+
+# ----------------------------------------------------------------------------------------- derefl
+
+def test_derefl_prepared_equals_raw_reader(tmp_path):
+  from derefl_jax import data as data_lib
+  from derefl_jax import tfds_builder as tb
+  raw = fakes.make_derefl_raw(tmp_path / "raw")
+  out = tb.prepare(raw, tmp_path / "prep")
+  assert sorted(out) == sorted(tb.CONFIGS)
+  ref_sets, got_sets = data_lib.test_sets(raw), tb.test_sets(tmp_path / "prep")
+  assert list(got_sets) == list(ref_sets)
+  for name, ref in ref_sets.items():
+    got = got_sets[name]
+    assert got.names == ref.names
+    for i in range(len(ref)):
+      a, b = ref.load(i), got.load(i)
+      assert sorted(a) == sorted(b)
+      for key in ("input", "T", "R"):
+        if key in a:
+          np.testing.assert_array_equal(a[key], b[key])
+  real = tb.open_pairs(tmp_path / "prep", "train_pairs", "real")
+  ref_real = data_lib.paired_folder(raw / "train" / "real", name="real")
+  assert real.names == ref_real.names and len(real) == 3
+  # training batches: the same draws on prepared records as on the raw files
+  kw = dict(weights={"synthetic": 0.5, "real": 0.3, "nature": 0.2}, batch_size=4, crop=24, seed=7,
+            num_workers=1)
+  want = data_lib.TrainSampler(voc=data_lib.voc_images(raw),
+                               real=[ref_real, data_lib.paired_folder(raw / "train" / "nature", name="nature")],
+                               **kw)
+  have = tb.PreparedTrainSampler(data_dir=tmp_path / "prep", **kw)
+  syn = []
+  for step in (0, 1, 5):
+    a, b = want.batch(step), have.batch(step)
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+    syn += list(a["synthetic"])
+  assert any(syn) and not all(syn)  # both kinds of rows were compared
+
+
+def test_derefl_missing_split_is_named(tmp_path):
+  from derefl_jax import tfds_builder as tb
+  raw = fakes.make_derefl_raw(tmp_path / "raw")
+  tb.prepare(raw, tmp_path / "prep", configs=["test_pairs"])
+  with pytest.raises(FileNotFoundError, match="prepare them once"):
+    tb.test_sets(tmp_path / "prep", ["wild"])
+  with pytest.raises(ValueError, match="Unknown test set"):
+    tb.test_sets(tmp_path / "prep", ["sun"])
