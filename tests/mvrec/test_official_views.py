@@ -262,3 +262,38 @@ def test_full_size_mso_equals_official(official, tmp_path):
   np.testing.assert_array_equal(u_mask, o_mask)
   np.testing.assert_allclose(x, o_x, atol=1e-5, rtol=0)
   np.testing.assert_allclose(a, o_a, atol=1e-5, rtol=0)
+
+
+def test_rgba_image_equals_official(official, tmp_path):
+  """An RGBA PNG stays RGBA through crop and resize (PIL premultiplies alpha), RGB at the end, as officially."""
+  rng = np.random.default_rng(2)
+  cfg = tmp_path / "CONFIG" / "rgba_config1"
+  cfg.mkdir(parents=True)
+  rel = "testing/x/000.png"
+  (tmp_path / "rgba" / rel).parent.mkdir(parents=True)
+  a = rng.integers(0, 256, (50, 61, 4), dtype=np.uint8)
+  a[..., 3] = np.where(rng.random((50, 61)) < 0.3, 0, a[..., 3])  # transparent and half-transparent pixels
+  Image.fromarray(a, "RGBA").save(tmp_path / "rgba" / rel)
+  poly = [[3, 5], [20, 4], [17, 19], [2, 15]]
+  row = dict(imageName="000.png", imageData="-", imageHeight=50, imageWidth=61, img_id=0, part="rgba", id=0,
+             img_rel_path=rel, classification_rank=0, x1=2, x2=20, y1=4, y2=19, label="a", rank=-1,
+             points=json.dumps(poly))
+  with open(cfg / "train.csv", "w", newline="") as f:
+    wr = csv.DictWriter(f, fieldnames=list(D.CSV_COLUMNS))
+    wr.writeheader()
+    wr.writerow(row)
+  ds = official.multi_view_data.MultiviewRoiData(str(tmp_path), "train", roi_size_list=list(CROPS),
+                                                 mv_method="mso", config_dir=str(cfg), target_size=T1)
+  inst = D.read_split(tmp_path, "rgba", "train", data_root=tmp_path, class_names=("a", "b"))[0]
+  assert D.load_image(inst.image_path).mode == "RGBA"
+  _, _, _, o_img, o_mask, o_x, o_a = _official_views(official, ds, 0, T2)
+  x, al = D.instance_inputs(inst, method="mso", crop_sizes=CROPS, resize=(T1, T2))
+  u_img, u_mask = V.denormalize(x, al)
+  np.testing.assert_array_equal(u_img, o_img)
+  np.testing.assert_array_equal(u_mask, o_mask)
+  np.testing.assert_allclose(x, o_x, atol=1e-5, rtol=0)
+  # converting to RGB first would differ (alpha-weighted resize): the mode matters
+  rgb = D.load_image(inst.image_path).convert("RGB")
+  r_img, _ = V.render_views(rgb, V.polygon_to_mask(inst.polygon, 61, 50), inst.bbox, V.view_specs("mso", CROPS),
+                            (T1, T2))
+  assert not np.array_equal(r_img, o_img)
