@@ -373,6 +373,12 @@ def list_images(images: str | os.PathLike | Sequence[str | os.PathLike]) -> list
       out.append((p.name, p, False))
     else:
       raise FileNotFoundError(f"image path {p} does not exist.")
+  seen: dict[str, Path] = {}
+  for iid, path, _ in out:
+    if iid in seen:
+      raise SearchError(f"two images get the id {iid!r} ({seen[iid]} and {path}); ids are paths relative to "
+                        f"the --images folder (file names for files): index them from one parent folder.")
+    seen[iid] = path
   return out
 
 
@@ -555,7 +561,7 @@ def _encode_items(encoder: StudentEncoder, items: list[tuple[str, Path, bool]], 
   dt = time.perf_counter() - t0
   if ids:
     log(f"encoded {len(ids)} images in {dt:.1f} s ({len(ids) / max(dt, 1e-9):.1f} images/s)"
-        + (f"; skipped {len(skipped)} non-image files" if skipped else ""))
+        + (f"; skipped {len(skipped)} file(s) that are not readable images" if skipped else ""))
   image_codes = np.concatenate(codes) if codes else np.zeros((0, encoder.bits), np.int8)
   caps = [(captions or {}).get(i, "") for i in ids]
   has_text = np.zeros(len(ids), bool)
@@ -596,7 +602,8 @@ def build_index(checkpoint: str | os.PathLike, images, *, captions: str | os.Pat
     encoder.bow([""])  # raises the missing-vocabulary error before any work
   index.append(*_encode_items(encoder, items, caps, log=log))
   if len(index) == 0:
-    raise SearchError(f"no readable image in {images}; nothing to index.")
+    where = images if isinstance(images, (str, os.PathLike)) else ", ".join(map(str, images))
+    raise SearchError(f"no readable image in {where}; nothing to index.")
   return index
 
 
@@ -718,6 +725,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "index":
       index = build_index(args.checkpoint, args.images, captions=args.captions, bits=args.bits, step=args.step,
                           vocab_file=args.vocab, batch_size=args.batch_size)
+      if Path(args.index).exists():
+        print(f"note: replacing the existing index {args.index} (use `add` to extend an index)")
       path = index.save(args.index)
       print(f"index: {len(index)} items ({int(index.has_text.sum())} with a text code), {index.bits} bits -> {path}")
     elif args.command == "add":
