@@ -16,11 +16,15 @@ config          splits (present folders only)           features
                                                          ``reflection``, ``name``
 =============== ======================================= ===========================================
 
-Every image is stored as a lossless PNG of what :func:`derefl_jax.data.read_image` returns for the
-file (8-bit RGB after EXIF orientation, alpha dropped), so the prepared data decodes to the same
-pixels as the raw files whatever decoder reads it (tfds's default OpenCV decoding included).
-Images of more than 8 bits are stored rounded to 8 bits (the benchmark sets are 8-bit; the count
-is in ``metadata.json``). Pairs keep the reader's pairing and order (sorted blended file names).
+Every image decodes (:func:`decode_image`, PIL) to exactly what :func:`derefl_jax.data.read_image`
+returns for the raw file (8-bit RGB after EXIF orientation, alpha dropped): the file's own bytes
+are stored when PIL decodes them to that (checked for each image while preparing: plain RGB JPEG /
+PNG files, the usual case, and as fast to decode as the raw files), otherwise a lossless PNG of
+``read_image``'s array (EXIF-rotated, grayscale, RGBA, palette, TIFF...). Images of more than 8 bits
+are stored rounded to 8 bits (the benchmark sets are 8-bit). ``metadata.json`` counts each case.
+Read the images with ``decoders=SkipDecoding`` and :func:`decode_image` (tfds's own decoding uses
+OpenCV, whose JPEG output can differ from PIL's). Pairs keep the reader's pairing and order
+(sorted blended file names).
 
 Reading: :func:`open_pairs` gives a :class:`PreparedPairs` whose ``load(i, multiple=32)`` equals
 ``PairedFolder.load``; :func:`test_sets` mirrors ``data.test_sets``; :class:`PreparedTrainSampler`
@@ -97,7 +101,7 @@ class DereflReflection(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     name = self.builder_config.name
-    img = lambda: tfds.features.Image(shape=(None, None, 3), encoding_format="png")  # noqa: E731
+    img = lambda: tfds.features.Image(shape=(None, None, 3))  # noqa: E731
     if name == "voc2012":
       feats = {"image": img(), "name": tfds.features.Text()}
     else:
@@ -110,17 +114,28 @@ class DereflReflection(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict(feats), homepage="https://arxiv.org/abs/2505.12641",
         license=LICENSES[name], metadata=tfds.core.MetadataDict(), disable_shuffling=True)
 
-  def _read(self, path) -> np.ndarray:
+  def _encoded(self, path) -> bytes:
+    """The file's own bytes when PIL decodes them to what ``read_image`` gives, else a lossless PNG."""
     a = data_lib.read_image(path)
     if a.dtype != np.uint8:
-      self._quantized += 1
+      self._counts["quantized_to_8bit"] += 1
       a = np.clip(np.round(a * 255.0), 0, 255).astype(np.uint8)
-    return a
+    else:
+      raw = Path(path).read_bytes()
+      try:
+        same = np.array_equal(decode_image(raw), a)
+      except Exception:  # noqa: BLE001 - a format PIL reads only from a path: store the PNG
+        same = False
+      if same:
+        self._counts["stored_as_file"] += 1
+        return raw
+    self._counts["stored_as_png"] += 1
+    return _png(a)
 
   def _split_generators(self, dl_manager):
     root = Path(dl_manager.manual_dir)
     name = self.builder_config.name
-    self._quantized = 0
+    self._counts = {"stored_as_file": 0, "stored_as_png": 0, "quantized_to_8bit": 0}
     if name == "voc2012":
       files = data_lib.voc_images(root)
       self.info.metadata.update({"source": str(root), "sets": {"train": len(files)}})
@@ -142,17 +157,17 @@ class DereflReflection(tfds.core.GeneratorBasedBuilder):
 
   def _voc_examples(self, files):
     for k, p in enumerate(files):
-      yield k, {"image": _png(self._read(p)), "name": p.name}
-    self.info.metadata["quantized_to_8bit"] = self._quantized
+      yield k, {"image": self._encoded(p), "name": p.name}
+    self.info.metadata["images"] = dict(self._counts)
 
   def _pair_examples(self, folder: data_lib.PairedFolder):
     for k in range(len(folder)):
-      ex = {"blended": _png(self._read(folder.blended[k])),
-            "transmission": _png(self._read(folder.transmission[k])), "name": folder.blended[k].name}
+      ex = {"blended": self._encoded(folder.blended[k]),
+            "transmission": self._encoded(folder.transmission[k]), "name": folder.blended[k].name}
       if folder.reflection is not None:
-        ex["reflection"] = _png(self._read(folder.reflection[k]))
+        ex["reflection"] = self._encoded(folder.reflection[k])
       yield k, ex
-    self.info.metadata["quantized_to_8bit"] = self._quantized
+    self.info.metadata["images"] = dict(self._counts)
 
 
 def dataset_dir(data_dir: str | os.PathLike, config: str) -> Path:

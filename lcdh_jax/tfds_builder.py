@@ -190,6 +190,8 @@ class PreparedCrossModalData(data_lib.CrossModalData):
   metadata: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
   def image(self, i: int, image_size: int | None = None) -> np.ndarray:
+    if self.images is not None:  # decoded into memory at load (as the raw reader holds IAll)
+      return super().image(i, image_size)
     s, r = self.where[int(i)]
     rec = self.sources[self.split_names[s]][int(r)]
     return decode_image(rec["image"], image_size)
@@ -208,8 +210,14 @@ def open_split(data_dir: str | os.PathLike, dataset: str, split: str, *, skip_im
   return builder.as_data_source(split=split, decoders=decoders)
 
 
-def load_prepared(data_dir: str | os.PathLike, dataset: str, *, chunk: int = 256) -> PreparedCrossModalData:
-  """The prepared ``dataset`` back as a ``CrossModalData`` in the raw item order (one pass over it)."""
+def load_prepared(data_dir: str | os.PathLike, dataset: str, *, images_in_memory: bool | None = None,
+                  chunk: int = 256) -> PreparedCrossModalData:
+  """The prepared ``dataset`` back as a ``CrossModalData`` in the raw item order (one pass over it).
+
+  ``images_in_memory`` (default: when the raw layout was the DCMH single ``.mat``, whose reader
+  holds every image in memory too) decodes all images once into ``images`` (N, H, W, 3);
+  otherwise ``image(i)`` reads and decodes record ``i`` when asked (as the raw reader reads files).
+  """
   import json
   d = dataset_dir(data_dir, dataset)
   sources = {s: open_split(data_dir, dataset, s) for s in PreparedCrossModalData.split_names}
@@ -236,9 +244,24 @@ def load_prepared(data_dir: str | os.PathLike, dataset: str, *, chunk: int = 256
         tags[i], labels[i] = rec["bow"], rec["labels"]
         c = rec["caption"]
         captions[i] = c.decode("utf-8") if isinstance(c, bytes) else str(c)
+  if images_in_memory is None:
+    images_in_memory = str(meta.get("layout", "")).startswith("arrays")
+  images = None
+  if images_in_memory:
+    first = None
+    for i in range(n):
+      s_id, r = where[i]
+      im = decode_image(sources[PreparedCrossModalData.split_names[s_id]][int(r)]["image"])
+      if first is None:
+        first = im.shape
+        images = np.empty((n,) + im.shape, np.uint8)
+      if im.shape != first:  # images of different sizes: keep reading them lazily
+        images = None
+        break
+      images[i] = im
   return PreparedCrossModalData(
-      name=dataset, tags=tags, labels=labels, captions=captions, images=None,
-      image_paths=[f"{d}#{i}" for i in range(n)],
+      name=dataset, tags=tags, labels=labels, captions=captions, images=images,
+      image_paths=None if images is not None else [f"{d}#{i}" for i in range(n)],
       text_source=meta.get("text_source", "") + f" (prepared tfds dataset {d})",
       bow_source=meta.get("bow_source", ""), tag_vocab=meta.get("tag_vocab"),
       sources=sources, where=where, metadata=meta)

@@ -67,6 +67,11 @@ def make_derefl_raw(root: Path) -> Path:
   _save(root / "train/real/transmission_layer/y.png", u8(44, 52))  # another size: resized by the readers
   for i in range(4):
     _save(root / "train/VOCdevkit/VOC2012/PNGImages" / f"{i:04d}.png", u8(40 + i, 48))
+  # files PIL alone would decode otherwise than read_image: stored as PNGs of read_image's array
+  exif = Image.Exif()
+  exif[0x0112] = 6  # rotated 90 degrees
+  Image.fromarray(u8(40, 70)).save(root / "test/Nature/blended/r.jpg", quality=90, exif=exif.tobytes())
+  _save(root / "test/Nature/transmission_layer/r.jpg", u8(70, 40), quality=90)
   return root
 
 

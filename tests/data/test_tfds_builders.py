@@ -21,6 +21,10 @@ def test_lcdh_prepared_equals_raw_reader(tmp_path, layout):
   ref = data_lib.load_dataset("synthetic", raw)
   got = tb.load_prepared(tmp_path / "prep", "synthetic")
   assert len(got) == len(ref) == 24
+  assert (got.images is not None) == (layout == "arrays")  # in memory exactly when the raw reader holds it
+  if layout == "arrays":
+    lazy = tb.load_prepared(tmp_path / "prep", "synthetic", images_in_memory=False)
+    assert lazy.images is None and all(np.array_equal(lazy.image(i, 16), ref.image(i, 16)) for i in range(3))
   np.testing.assert_array_equal(got.tags, ref.tags)
   np.testing.assert_array_equal(got.labels, ref.labels)
   assert got.captions == ref.captions and got.tag_vocab == ref.tag_vocab
@@ -87,6 +91,10 @@ def test_derefl_prepared_equals_raw_reader(tmp_path):
   raw = fakes.make_derefl_raw(tmp_path / "raw")
   out = tb.prepare(raw, tmp_path / "prep")
   assert sorted(out) == sorted(tb.CONFIGS)
+  import json
+  meta = {c: json.loads((out[c] / "metadata.json").read_text())["images"] for c in out}
+  assert meta["voc2012"] == {"stored_as_file": 4, "stored_as_png": 0, "quantized_to_8bit": 0}
+  assert meta["test_pairs"]["stored_as_png"] == 1  # the EXIF-rotated JPEG
   ref_sets, got_sets = data_lib.test_sets(raw), tb.test_sets(tmp_path / "prep")
   assert list(got_sets) == list(ref_sets)
   for name, ref in ref_sets.items():
@@ -117,10 +125,24 @@ def test_derefl_prepared_equals_raw_reader(tmp_path):
   assert any(syn) and not all(syn)  # both kinds of rows were compared
 
 
-def test_derefl_missing_split_is_named(tmp_path):
+def test_derefl_missing_split_and_16bit(tmp_path):
+  from PIL import Image
+
+  from derefl_jax import data as data_lib
   from derefl_jax import tfds_builder as tb
   raw = fakes.make_derefl_raw(tmp_path / "raw")
+  sixteen = np.random.default_rng(0).integers(0, 65536, (40, 48), dtype=np.uint16)
+  for sub in ("blended", "transmission_layer"):  # a 16-bit grayscale pair: stored rounded to 8 bits
+    Image.fromarray(sixteen).save(raw / "test/real20_420" / sub / "z16.png")
   tb.prepare(raw, tmp_path / "prep", configs=["test_pairs"])
+  import json
+  assert json.loads((tb.dataset_dir(tmp_path / "prep", "test_pairs") / "metadata.json").read_text()
+                    )["images"]["quantized_to_8bit"] == 2
+  got = tb.test_sets(tmp_path / "prep", ["real20"])["real20"]
+  k = got.names.index("z16.png")
+  ref = data_lib.read_image(raw / "test/real20_420/blended/z16.png")
+  assert ref.dtype == np.float32
+  np.testing.assert_allclose(got.load(k, multiple=None)["input"], ref, atol=0.5 / 255 + 1e-6)
   with pytest.raises(FileNotFoundError, match="prepare them once"):
     tb.test_sets(tmp_path / "prep", ["wild"])
   with pytest.raises(ValueError, match="Unknown test set"):
