@@ -30,6 +30,12 @@ LCDH_TINY_RUN = [
 
 
 @pytest.fixture(scope="session")
+def derefl_demo_argv():
+  """The argv of `demo_run` (without --workdir): a rerun with it resumes that run."""
+  return list(DEREFL_SHORT_DEMO)
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
   """(workdir, summary) of the shortened `python -m train.derefl` demo."""
   from train import derefl
