@@ -43,7 +43,7 @@ def run_error(main, argv, capsys, *needles, code=2):
   assert len(lines) == 1, err[-2000:]
   for n in needles:
     assert n in lines[0], (n, lines[0])
-  TRIED.append((getattr(main, "__module__", "?"), needles[0] if needles else ""))
+  TRIED.append((getattr(main, "__module__", "?"), lines[0]))
   return lines[0]
 
 
@@ -243,7 +243,7 @@ def test_predict_bad_inputs(demo_run, tmp_path, capsys):
     assert predict.main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("error: ") and needle in err.splitlines()[0], err
-    TRIED.append(("derefl_jax.predict", needle))
+    TRIED.append(("derefl_jax.predict", err.splitlines()[0]))
   assert tree_hash(wd) == before
 
 
@@ -253,3 +253,5 @@ def _report_count():
   yield
   print(f"\nbad inputs tried through the entry points: {len(TRIED)} "
         f"({', '.join(sorted({m for m, _ in TRIED}))})")
+  for module, line in TRIED:
+    print(f"  {module}: {line[:300]}")

@@ -110,8 +110,14 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
   valid = _all_keys(config)
   for key, text in overrides.items():
     if key not in valid:
+      import difflib  # pylint: disable=import-outside-toplevel
+      close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+      parent = key.rpartition(".")[0]
+      group = [k for k in valid if parent and k.startswith(parent + ".")] or valid
+      hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
       raise ConfigError(
-          f"Unknown config key {key!r} in --config.{key}={text}. Valid keys: {', '.join(valid)}.")
+          f"Unknown config key {key!r} in --config.{key}={text}. {hint}Valid keys"
+          f"{f' under {parent}.' if group is not valid else ''}: {', '.join(group)}.")
     *parents, leaf = key.split(".")
     node = config
     for p in parents:

@@ -84,10 +84,32 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[data_
 # ------------------------------------------------------------------------------------------- CLIP
 
 
+def _tiny_pretrain_config(config):
+  """The demo CLIP's pretraining settings (``clip.pretrain``), or None for a random tiny CLIP."""
+  import dataclasses
+  from lcdh_jax import pretrain as pretrain_lib
+  p = config.clip.get("pretrain")
+  if config.clip.name != "tiny" or p is None or int(p.get("steps", 0)) <= 0:
+    return None
+  fields = {f.name for f in dataclasses.fields(pretrain_lib.PretrainConfig)}
+  return pretrain_lib.PretrainConfig(**{k: v for k, v in p.items() if k in fields})
+
+
+def _interactive() -> bool:
+  """Whether tqdm bars are shown (a terminal or a notebook); otherwise phases print lines."""
+  import sys
+  return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
 def _tokenizer(config, captions):
-  """The tiny demo CLIP uses a word tokenizer over the captions' words; real CLIP its BPE."""
+  """The tiny demo CLIP uses a word tokenizer: over the fixed caption vocabulary of the synthetic
+  data when it is pretrained (``lcdh_jax.pretrain.caption_tokenizer``), else over the captions'
+  words; real CLIP its BPE."""
   from backbones_jax import tokenizer as tok_lib
   if config.clip.name == "tiny":
+    if _tiny_pretrain_config(config) is not None:
+      from lcdh_jax import pretrain as pretrain_lib
+      return pretrain_lib.caption_tokenizer(context_length=16)
     return tok_lib.WordTokenizer.from_texts(list(captions), context_length=16)
   # clip.tokenizer: needed when clip.name is an OpenAI .pt file (it holds no tokenizer files)
   return tok_lib.CLIPTokenizer(config.clip.get("tokenizer") or config.clip.name)
@@ -97,10 +119,20 @@ def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
                   workdir: str) -> dict[str, np.ndarray]:
   """Frozen CLIP image/text embeddings of every item, (N, P) each, cached on disk."""
   from backbones_jax import clip as clip_lib
+  pcfg = _tiny_pretrain_config(config)
+  patch = config.clip.get("tiny_patch_size", 0) or max(4, config.clip.tiny_image_size // 8)
   if config.clip.name == "tiny":
     model_key = (f"tiny-clip-w{config.clip.tiny_width}-l{config.clip.tiny_layers}"
-                 f"-s{config.clip.tiny_image_size}-p{config.clip.tiny_projection_dim}"
-                 f"-wordtok-seed{config.seed}")
+                 f"-s{config.clip.tiny_image_size}-p{config.clip.tiny_projection_dim}")
+    if pcfg is None:
+      model_key += f"-wordtok-seed{config.seed}"
+    else:  # every pretraining setting, hashed (the feature cache key also holds it in full)
+      import dataclasses
+      import hashlib
+      import json
+      pkey = json.dumps(dataclasses.asdict(pcfg), sort_keys=True)
+      model_key += (f"-patch{patch}-pretrained-"
+                    f"{hashlib.sha1(pkey.encode()).hexdigest()[:10]}")
   else:
     model_key = config.clip.name
   cache_dir = config.cache_dir or os.path.join(workdir, "features")
@@ -110,11 +142,21 @@ def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
     if config.clip.name == "tiny":
       spec = clip_lib.tiny_clip_spec(width=config.clip.tiny_width, layers=config.clip.tiny_layers,
                                      heads=4, image_size=config.clip.tiny_image_size,
-                                     patch_size=max(4, config.clip.tiny_image_size // 8),
+                                     patch_size=patch,
                                      vocab_size=tok.vocab_size, context_length=16,
                                      projection_dim=config.clip.tiny_projection_dim,
                                      eos_token_id=tok.eos_token_id)
-      model, params = clip_lib.init_clip(spec, seed=config.seed)
+      if pcfg is None:
+        model, params = clip_lib.init_clip(spec, seed=config.seed)
+      else:
+        # Pretrained contrastively on a synthetic corpus disjoint from this data (another seed
+        # stream), once per setting: cached in clip.pretrain.cache_dir (default <workdir>/clip).
+        from lcdh_jax import pretrain as pretrain_lib
+        pdir = config.clip.pretrain.get("cache_dir", "") or os.path.join(workdir, "clip")
+        model, params, _ = pretrain_lib.pretrained_tiny_clip(
+            spec, pcfg, cache_dir=pdir if parallel.is_main_process() else None,
+            init_seed=pcfg.seed, context_length=16, show_progress=_interactive(),
+            log=lambda m: print(m, flush=True))
     else:
       model, params = clip_lib.load_clip(config.clip.name)
     size = model.spec.vision.image_size
@@ -429,6 +471,7 @@ def plot_map_per_round(results: dict, path: str) -> None:
               label="random codes" if i == 0 else None)
     ax.set_title(f"mAP per round, {title}")
     ax.set_xlabel("round (chunks seen)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # whole rounds only
     ax.grid(alpha=0.3)
   axes[0].set_ylabel("mAP")
   axes[1].legend(fontsize=7)
@@ -611,7 +654,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 # Settings a rerun in the same --workdir may change (besides train.config_lib.SHARED_RESUMABLE_KEYS):
 # more rounds, other code lengths (each has its own K<bits>/ stream), and settings that do not
 # change what is computed. Anything else stops the rerun (docs/reliability.md).
-RESUMABLE_KEYS = ("stream.num_rounds", "bits", "eval.pr_curve", "student.data_threads", "clip.batch_size")
+RESUMABLE_KEYS = ("stream.num_rounds", "bits", "eval.pr_curve", "eval.round_png", "student.data_threads",
+                  "clip.batch_size")
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:

@@ -63,8 +63,11 @@ def test_unknown_preset_lists_valid_ones(cfg_path):
 
 def test_unknown_key_lists_valid_keys(cfg_path):
   with pytest.raises(config_lib.ConfigError,
-                     match=r"Unknown config key 'optim.warmpu'.*Valid keys: .*optim.warmup"):
+                     match=r"Unknown config key 'optim.warmpu'.*Did you mean 'optim.warmup'\? "
+                           r"Valid keys under optim.: optim.warmup\."):
     cli.parse([f"--config={cfg_path}", "--config.optim.warmpu=3"], cfg_path)
+  with pytest.raises(config_lib.ConfigError, match=r"Did you mean 'seed'\? Valid keys: bits, lr, name, "):
+    cli.parse([f"--config={cfg_path}", "--config.sed=3"], cfg_path)
 
 
 def test_bad_value_type_is_named(cfg_path):
