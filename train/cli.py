@@ -128,9 +128,20 @@ def _run(main_fn, default_config, argv, resumable_keys, validate):
       flags.FLAGS.mark_as_parsed()
   except Exception:  # pragma: no cover
     pass
+  prepare_workdir(config, workdir, resumable_keys=resumable_keys, validate=validate,
+                  defaults=config_lib.load_config(args.config))
+  return main_fn(config, workdir)
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *, resumable_keys: Sequence[str] = (),
+                    validate: Callable[[ml_collections.ConfigDict], None] | None = None,
+                    defaults: ml_collections.ConfigDict | None = None) -> dict:
+  """Steps 2-4 of `run` for code that calls a method's `train_and_evaluate` itself (notebooks):
+  validates, checks the workdir against its saved config (raises `ConfigError`, writing nothing),
+  logs allowed changes and saves `config.json`. Returns the differences found."""
+  from train import parallel  # pylint: disable=import-outside-toplevel
   if validate is not None:
     validate(config)
-  defaults = config_lib.load_config(args.config)
   diff = config_lib.check_workdir(config, workdir, resumable=resumable_keys, defaults=defaults)
   if parallel.is_main_process():
     changes = config_lib.describe_changes(diff)
@@ -138,4 +149,4 @@ def _run(main_fn, default_config, argv, resumable_keys, validate):
       print(f"resuming {workdir} with changed settings: {changes}", flush=True)
       config_lib.log_resume(workdir, diff)
     config_lib.save_config(config, workdir)  # unchanged bytes when the config is the saved one
-  return main_fn(config, workdir)
+  return diff

@@ -224,3 +224,17 @@ def test_write_json_atomic_leaves_old_file_on_failure(tmp_path):
     config_lib.write_json_atomic(str(path), {"a": object()})
   assert json.loads(path.read_text()) == {"a": 1}
   assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_prepare_workdir_for_notebooks(cfg_path, tmp_path):
+  """What a notebook calls before `train_and_evaluate`: the same check, as an exception."""
+  wd = tmp_path / "wd"
+  cli.run(_finished(wd), cfg_path + ":demo", [f"--workdir={wd}"])
+  before = _files(wd)
+  config = config_lib.load_config(cfg_path + ":demo")
+  config.seed = 9
+  with pytest.raises(config_lib.ConfigError, match=r"seed \(saved 0, now 9\)"):
+    cli.prepare_workdir(config, str(wd))
+  assert _files(wd) == before
+  config.seed = 0
+  assert cli.prepare_workdir(config, str(wd))["refused"] == []
