@@ -46,10 +46,46 @@ DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "lcdh.py") + 
 # ------------------------------------------------------------------------------------------- data
 
 
+def _prepared_data(config: ml_collections.ConfigDict, workdir: str) -> data_lib.CrossModalData:
+  """The dataset read from the prepared tfds dataset in ``config.data_dir`` (docs/data.md).
+
+  On first use it is prepared there from the raw layout (``data_root``; ``synthetic`` is generated
+  first), with tfds's progress bars. The items, text, BoW and labels equal the raw reader's.
+  """
+  from lcdh_jax import tfds_builder
+  from train.config_lib import ConfigError
+  if not tfds_builder.is_prepared(config.data_dir, config.dataset):
+    if config.dataset == "synthetic":
+      raw_config = config.copy_and_resolve_references()
+      raw_config.data_dir = ""
+      raw, _ = prepare_data(raw_config, workdir)  # generates <data_root>/synthetic.mat (process 0)
+      if not parallel.is_main_process():
+        return raw
+      root = config.data_root or os.path.join(workdir, "data")
+    else:
+      root = config.data_root or os.path.join("data", config.dataset)
+    print(f"data: preparing the tfds dataset {config.dataset!r} in {config.data_dir} from {root} "
+          f"(once)", flush=True)
+    try:
+      tfds_builder.prepare(root, config.data_dir, dataset=config.dataset,
+                           tag_vocab=config.get("tag_vocab") or None, split_seed=config.seed,
+                           num_query=config.split.num_query, num_train=config.split.num_train)
+    except data_lib.DatasetError as e:
+      raise ConfigError(f"dataset {config.dataset!r} under {Path(root).absolute()}: {e}") from e
+  d = tfds_builder.load_prepared(config.data_dir, config.dataset)
+  if config.dataset == "synthetic" and len(d) != config.synthetic.num_samples:
+    raise ConfigError(f"the prepared synthetic dataset in {config.data_dir} holds {len(d)} items but "
+                      f"synthetic.num_samples={config.synthetic.num_samples}; use another data_dir.")
+  return d
+
+
 def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> tuple[data_lib.CrossModalData,
                                                                            data_lib.Split]:
-  """Dataset (generated for ``synthetic``) and its seeded DCMH split."""
-  if config.dataset == "synthetic":
+  """Dataset (generated for ``synthetic``; from the prepared tfds ``data_dir`` when set) and its
+  seeded DCMH split."""
+  if config.get("data_dir"):
+    d = _prepared_data(config, workdir)
+  elif config.dataset == "synthetic":
     root = Path(config.data_root or os.path.join(workdir, "data"))
     d = data_lib.load_dataset("synthetic", root) if (root / "synthetic.mat").exists() else None
     if d is not None and len(d) != config.synthetic.num_samples:

@@ -68,6 +68,7 @@ def _base() -> ml_collections.ConfigDict:
   c.seed = 0
   c.dataset = "synthetic"         # synthetic | mirflickr | nuswide | iapr | coco
   c.data_root = ""                # "" -> <workdir>/data for synthetic, data/<dataset> otherwise
+  c.data_dir = ""                 # prepared tfds datasets (docs/data.md); "" -> read data_root directly
   c.tag_vocab = ""                # words of the BoW dims, one a line; "" -> <data_root>/tag_vocab.txt
                                   # if present. Needed (as the teacher's text) when there are no captions
   c.bits = (16, 32, 64, 128)      # one teacher + one student stream per code length
