@@ -60,7 +60,7 @@ def test_predictions_equal_library_pipeline_and_bad_rows_are_skipped(folder, tin
   q.append(dict(q[1], label=""))                                                       # unlabelled, fine
   qry = _write(img_dir / "query.csv", q)
   res = C.classify(sup, qry, tmp_path / "out", model_and_params=tiny, crop_sizes=CROPS, resize=RESIZE,
-                   progress=False)
+                   cache_dir=img_dir / "cache", progress=False)
   err = capsys.readouterr().err
   # every bad row named by line, skipped; the rest classified, in query order
   assert len(res.rows) == len(q) == good + 7
@@ -114,27 +114,39 @@ def test_predictions_equal_library_pipeline_and_bad_rows_are_skipped(folder, tin
   with Image.open(out / "confusion.png") as im:
     assert im.size[0] > 100
   # a rerun reads the features from the cache
-  again = C.classify(sup, qry, out, model_and_params=tiny, crop_sizes=CROPS, resize=RESIZE, progress=False)
+  again = C.classify(sup, qry, out, model_and_params=tiny, crop_sizes=CROPS, resize=RESIZE,
+                     cache_dir=img_dir / "cache", progress=False)
   assert again.summary["features_from_cache"] == {"support": True, "query": True}
   np.testing.assert_array_equal(again.probabilities[ok], res.probabilities[ok])
 
 
 def test_finetune_equals_zip_adapter_f(folder, tiny, tmp_path):
   img_dir, rows = folder
-  sup = _write(tmp_path / "support.csv", [dict(r, img_rel_path=str(img_dir / r["img_rel_path"])) for r in rows["support"]])
-  qry = _write(tmp_path / "query.csv", [dict(r, img_rel_path=str(img_dir / r["img_rel_path"]), label="")
-                                         for r in rows["query"]])  # absolute paths also work; no labels
+  sup = _write(img_dir / "support.csv", rows["support"])
+  qry = _write(img_dir / "query_unlabelled.csv", [dict(r, label="") for r in rows["query"]])
   res = C.classify(sup, qry, tmp_path / "o", model_and_params=tiny, crop_sizes=CROPS, resize=RESIZE,
-                   finetune=True, steps=20, progress=False)
+                   finetune=True, steps=10, cache_dir=img_dir / "cache", progress=False)
+  assert res.summary["features_from_cache"]["support"]  # shared with the first test when it ran
   assert res.accuracy is None and res.confusion is None and not (tmp_path / "o" / "confusion.png").exists()
   assert res.summary["classifier"] == "Zip-Adapter-F" and np.isfinite(res.summary["final_train_loss"])
-  npz = sorted((tmp_path / "o" / "features").glob("*support*.npz"))[0]
-  npq = sorted((tmp_path / "o" / "features").glob("*query*.npz"))[0]
-  fs, fq = np.load(npz), np.load(npq)
+  fs = np.load(next((img_dir / "cache").glob("classify-support__*.npz")))
+  fq = np.load(next((img_dir / "cache").glob("classify-query_unlabelled__*.npz")))
   logits, losses = A.zip_adapter_f_predict(fs["features"][None], fs["labels"][None].astype(np.int32),
-                                           fq["features"], num_classes=len(res.class_names), steps=20)
+                                           fq["features"], num_classes=len(res.class_names), steps=10)
   np.testing.assert_allclose(res.probabilities, np.asarray(A.fuse_views(jax.nn.softmax(logits[0], -1))), atol=1e-5)
   assert float(losses[0, -1]) < float(losses[0, 0])
+
+
+def test_absolute_paths_and_image_root(folder, tmp_path):
+  img_dir, rows = folder
+  ab = _write(tmp_path / "abs.csv", [dict(r, img_rel_path=str(img_dir / r["img_rel_path"])) for r in rows["support"]])
+  ann = C.read_annotations(ab, role="support", progress=False)
+  assert not ann.problems and len(ann.instances) == len(rows["support"])
+  rel = _write(tmp_path / "rel.csv", rows["support"])  # paths relative to img_dir, CSV elsewhere
+  assert len(C.read_annotations(rel, role="support", progress=False).problems) == len(rows["support"])
+  ann = C.read_annotations(rel, role="support", image_root=img_dir, progress=False)
+  assert not ann.problems and [i.image_path for i in ann.instances] == [str((img_dir / r["img_rel_path"]).resolve())
+                                                                        for r in rows["support"]]
 
 
 def test_cli_user_errors_are_one_line(folder, tmp_path, capsys):
