@@ -11,6 +11,16 @@ is one image per local device, split over them with the `data` mesh; on a CPU-on
 cores are exposed as devices (train/__init__.py) so the split uses them all. Times are the
 median of ``--repeats`` calls after one warm-up (compile) call. Prints a markdown table and
 writes JSON with ``--json``.
+
+Side by side with the official DSRNet-L (PyTorch, CPU; ../shared/peers/dsrnet, torchvision stand-in
+from tests/derefl/dsrnet_ref.py):
+
+    python benchmarks/derefl_speed.py --vs-official --size 224 [--official-parts fwd train]
+
+runs each of {ours, official} x {forward, training step} in its own subprocess (batch 1, random
+weights, all parameters trained, Adam 1e-4, DSRNet's loss set: 0.3 MSE + 0.6 gradient L1 on T and
+R, VGG perceptual x0.01, exclusion, reconstruction 0.2 * L1(T + R + RR, I)), and reports images/s
+and the peak resident memory of each process (``ru_maxrss``), as ratios ours / official.
 """
 from __future__ import annotations
 
@@ -96,6 +106,133 @@ def bench_preset(preset: str, *, size: int, batch: int, repeats: int, train: boo
   return row
 
 
+# ------------------------------------------------------------------ side by side with the official DSRNet-L
+def _peak_rss_gb() -> float:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KB on Linux
+
+
+def _child(kind: str, part: str, size: int, repeats: int) -> dict:
+  """One measurement in this (fresh) process: kind 'ours' | 'official', part 'fwd' | 'train'."""
+  rng = np.random.default_rng(0)
+  x = rng.random((1, size, size, 3), np.float32)
+  t_img, r_img = rng.random((1, size, size, 3), np.float32), rng.random((1, size, size, 3), np.float32) * 0.3
+  if kind == "official":
+    import torch
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "derefl"))
+    import dsrnet_ref
+    arch, vgg_mod, losses = dsrnet_ref.import_official()
+    torch.manual_seed(0)
+    net = arch.dsrnet_l()
+    vgg = vgg_mod.Vgg19().eval()
+    xi = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    if part == "fwd":
+      net.eval()
+
+      def fn():
+        with torch.no_grad():
+          return net(xi, vgg(xi))
+    else:
+      net.train()
+      tt = torch.from_numpy(t_img).permute(0, 3, 1, 2).contiguous()
+      tr = torch.from_numpy(r_img).permute(0, 3, 1, 2).contiguous()
+      ld = losses.init_loss(None)
+      vgg_loss = losses.VGGLoss(vgg, normalize=False)  # its normalize=True calls .cuda(): set it on the CPU
+      vgg_loss.normalize = losses.MeanShift([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], norm=True)
+      opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.999))
+
+      def fn():  # dsrnet_model_sirs.py optimize_parameters, lambda_vgg 0.01, lambda_rec 0.2
+        out_t, out_r, out_rr = net(xi, vgg(xi))
+        loss = (ld["t_pixel"](out_t, tt) + ld["r_pixel"](out_r, tr) + vgg_loss(out_t, tt) * 0.01
+                + ld["exclu"](out_t, out_r) + ld["recons"](out_t, out_r, out_rr, xi) * 0.2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss
+    times, t0 = [], time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - t0)
+    return {"kind": kind, "part": part, "size": size, "seconds": float(np.median(times)), "first_call_s": first,
+            "torch_threads": torch.get_num_threads(), "peak_rss_gb": _peak_rss_gb()}
+  model = models.build_model("dsrnet_l")
+  trainable, frozen = models.init_params(model, 0)
+  if part == "fwd":
+    params = models.merge_params(trainable, frozen)
+    fwd = jax.jit(lambda p, x: {k: v for k, v in model.apply({"params": p}, x)[0].items() if k in ("T", "R", "RR")})
+    sec, comp = _median_time(lambda: fwd(params, x), repeats)
+  else:
+    cfg = derefl_config.get_config("dsrnet_l")
+    step = functools.partial(train_derefl.train_step, model=model, loss_config=cfg.loss.to_dict(),
+                             vgg_apply=models.perceptual_vgg_apply(model),
+                             syn_kwargs=train_derefl._synthesis_kwargs(cfg))
+    state = TrainState.create(params=trainable, tx=train_derefl.make_optimizer(cfg), rng=jax.random.PRNGKey(0),
+                              frozen=frozen)
+    batch = {"t": t_img, "r": r_img, "blended": np.clip(t_img + r_img, 0, 1), "synthetic": np.zeros(1, bool)}
+    compiled = jax.jit(step, donate_argnums=(0,))
+    holder = {"state": state}
+
+    def one():
+      holder["state"], m = compiled(holder["state"], batch, jax.random.PRNGKey(2))
+      return m["loss"]
+
+    sec, comp = _median_time(one, repeats)
+  return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": comp,
+          "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb()}
+
+
+def _mem_available_gb() -> float:
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) / 1024 ** 2
+  except OSError:
+    pass
+  return float("inf")
+
+
+def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 18.0) -> list[dict]:
+  import subprocess
+  rows = []
+  for part in parts:
+    for kind in ("official", "ours"):
+      env = dict(os.environ, VPJ_NO_CPU_SPLIT="1")  # batch 1: one device (XLA uses its intra-op threads)
+      env.pop("XLA_FLAGS", None)  # this process's device split must not reach the child
+      if part == "train" and _mem_available_gb() < min_free_gb:
+        row = {"kind": kind, "part": part, "size": size,
+               "error": f"skipped: {_mem_available_gb():.1f} GB available < {min_free_gb} GB (--min-free-gb)"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        continue
+      cmd = [sys.executable, __file__, "--_child", kind, part, "--size", str(size), "--repeats", str(repeats)]
+      t0 = time.perf_counter()
+      res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+      line = [l for l in res.stdout.splitlines() if l.startswith("{")]
+      if res.returncode or not line:
+        row = {"kind": kind, "part": part, "size": size, "error": (res.stderr or res.stdout)[-400:]}
+      else:
+        row = json.loads(line[-1])
+      row["wall_s"] = time.perf_counter() - t0
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  lines = ["| part | official s/img | ours s/img | speed ratio (ours/official img/s) | official peak GB | ours peak GB | memory ratio |",
+           "|---|---|---|---|---|---|---|"]
+  for part in parts:
+    o = next(r for r in rows if r["kind"] == "official" and r["part"] == part)
+    u = next(r for r in rows if r["kind"] == "ours" and r["part"] == part)
+    if "seconds" in o and "seconds" in u:
+      lines.append(f"| {part} {size}² | {o['seconds']:.2f} | {u['seconds']:.2f} | {o['seconds'] / u['seconds']:.2f}x "
+                   f"| {o['peak_rss_gb']:.1f} | {u['peak_rss_gb']:.1f} | {u['peak_rss_gb'] / o['peak_rss_gb']:.2f} |")
+    else:
+      lines.append(f"| {part} {size}² | {o.get('seconds', 'failed')} | {u.get('seconds', 'failed')} | - | - | - | - |")
+  print("\n".join(lines))
+  return rows
+
+
 def to_markdown(rows: list[dict]) -> str:
   head = ("| preset | trainable params | GFLOPs/img | size | batch (devices) | infer ms/img | infer ms/MP "
           "| train step s | train img/s |")
@@ -119,7 +256,20 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--no-flops", action="store_true", help="skip XLA's FLOP count (saves a lowering)")
   p.add_argument("--json", default="", help="write the rows to this JSON file")
+  p.add_argument("--vs-official", action="store_true", help="DSRNet-L side by side with the official PyTorch code")
+  p.add_argument("--official-parts", nargs="+", default=["fwd", "train"], choices=["fwd", "train"])
+  p.add_argument("--min-free-gb", type=float, default=18.0,
+                 help="skip a training-step child when less memory is available (official DSRNet-L at 224: ~17 GB)")
+  p.add_argument("--_child", nargs=2, default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args._child:
+    print(json.dumps(_child(args._child[0], args._child[1], args.size, args.repeats)), flush=True)
+    return []
+  if args.vs_official:
+    rows = vs_official(args.size, args.official_parts, args.repeats, args.min_free_gb)
+    if args.json:
+      Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
   batch = args.batch or jax.local_device_count()
   train_presets = args.presets if args.train_presets is None else args.train_presets
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s) "
