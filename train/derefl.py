@@ -289,6 +289,41 @@ def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------- main
+def _ensure_prepared(config: ml_collections.ConfigDict, needed: list[str]) -> None:
+  """Prepares the tfds configs in ``data.data_dir`` that are missing, from ``data.root`` (docs/data.md)."""
+  from derefl_jax import tfds_builder  # pylint: disable=import-outside-toplevel
+  d = config.data
+  missing = [c for c in needed if not tfds_builder.is_prepared(d.data_dir, c)]
+  if missing and d.root:
+    print(f"data: preparing {missing} in {d.data_dir} from {d.root} (once)", flush=True)
+    tfds_builder.prepare(d.root, d.data_dir, configs=missing)
+
+
+def _prepared_sampler(config: ml_collections.ConfigDict, mesh) -> Any:
+  """`data_lib.TrainSampler` over the prepared tfds datasets in ``data.data_dir`` (the same batches)."""
+  from derefl_jax import tfds_builder  # pylint: disable=import-outside-toplevel
+  d = config.data
+  real = [n for n, w in (("real", d.weights_real), ("nature", d.weights_nature)) if w > 0]
+  _ensure_prepared(config, (["voc2012"] if d.weights_synthetic > 0 else []) + (["train_pairs"] if real else []))
+  weights = {k: w for k, w in (("synthetic", d.weights_synthetic), ("real", d.weights_real),
+                               ("nature", d.weights_nature)) if w > 0}
+  local_bs = parallel.local_batch_size(config.data.batch_size, mesh)
+  return tfds_builder.PreparedTrainSampler(
+      data_dir=d.data_dir, use_voc=d.weights_synthetic > 0, real=real, weights=weights, batch_size=local_bs,
+      crop=d.crop, scale_range=(d.scale_min, d.scale_max), seed=config.seed, process_index=jax.process_index(),
+      num_workers=d.num_workers)
+
+
+def _test_folders(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The test sets: prepared tfds datasets when ``data.data_dir`` is set, else the raw folders."""
+  names = list(config.data.test_sets)
+  if config.data.get("data_dir"):
+    from derefl_jax import tfds_builder  # pylint: disable=import-outside-toplevel
+    _ensure_prepared(config, sorted({tfds_builder.TEST_SPLITS[n][0] for n in names if n in tfds_builder.TEST_SPLITS}))
+    return tfds_builder.test_sets(config.data.data_dir, names)
+  return data_lib.test_sets(config.data.root, names)
+
+
 def _batch_fn(config: ml_collections.ConfigDict, mesh) -> Any:
   d = config.data
   if d.source == "demo":
@@ -297,6 +332,8 @@ def _batch_fn(config: ml_collections.ConfigDict, mesh) -> Any:
                                  process_index=jax.process_index())
   if d.source != "files":
     raise ValueError(f"data.source must be 'demo' or 'files', got {d.source!r}.")
+  if d.get("data_dir"):
+    return _prepared_sampler(config, mesh)
   root = Path(d.root)
   voc, real = [], []
   weights = {}
@@ -323,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   batch_fn = _batch_fn(config, mesh)  # file layout errors surface here, before compiling
   if config.data.source == "files":
-    test_folders = data_lib.test_sets(config.data.root, list(config.data.test_sets))
+    test_folders = _test_folders(config)
   vgg_path = vgg_weights_path(config, model)
   trainable, frozen = models.init_params(model, int(config.seed), vgg_weights=vgg_path)
   if config.zero_init_head and not config.init_from:

@@ -82,7 +82,7 @@ def _demo() -> ml_collections.ConfigDict:
   # (measured: 19.11/0.763 vs 18.80/0.751 with the paper's weights, identity 17.59/0.758).
   c.loss = _loss(vgg=0.0, exclusion=0.0, t_pixel=3.0)
   c.data = ml_collections.ConfigDict({
-      "source": "demo", "root": "", "crop": 48, "eval_crop": 64, "batch_size": 8, "pool_size": 512,
+      "source": "demo", "root": "", "data_dir": "", "crop": 48, "eval_crop": 64, "batch_size": 8, "pool_size": 512,
       "eval_pairs": 48,
       "test_sets": ("demo",), "weights_synthetic": 0.6, "weights_real": 0.2, "weights_nature": 0.2,
       "scale_min": 1.0, "scale_max": 2.0, "num_workers": 4,
@@ -105,6 +105,7 @@ def _paper() -> ml_collections.ConfigDict:
   c.loss = _loss()
   c.data = ml_collections.ConfigDict({
       "source": "files", "root": "",  # required: the data root with train/ and test/
+      "data_dir": "",  # prepared tfds datasets (docs/data.md), prepared from root on first use
       "crop": 224, "eval_crop": 0, "batch_size": 1, "pool_size": 0, "eval_pairs": 0,
       "test_sets": ("real20", "objects", "postcard", "wild", "nature"),
       # DSRNet's fusion of sources: 0.6 synthetic (VOC), 0.2 real (Zhang et al.), 0.2 nature (Li et al.)
