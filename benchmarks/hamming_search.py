@@ -174,7 +174,8 @@ def main():
     rng = np.random.default_rng(0)
     print(f"host: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} CPUs usable, "
           f"load avg {os.getloadavg()[0]:.1f}; numpy {np.__version__}, faiss {faiss.__version__}, "
-          f"faiss omp threads {faiss.omp_get_max_threads()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}")
+          f"faiss omp threads {faiss.omp_get_max_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}")
     n = args.db_size
     rows = [] if args.only_topk else full_ranking(args, faiss, rng)
 
@@ -209,7 +210,8 @@ def main():
             print(f"    ours/faiss wall per round: {' '.join(f'{r:.2f}' for r in ratios)}")
 
     if rows:
-        print("\n| benchmark | faiss-cpu wall (CPU) s | ours wall (CPU) s | ours/faiss wall | ours 1 thread wall (CPU) s |")
+        print("\n| benchmark | faiss-cpu wall (CPU) s | ours wall (CPU) s | ours/faiss wall "
+              "| ours 1 thread wall (CPU) s |")
         print("|---|---|---|---|---|")
         for name, r in rows:
             (fw, fc, _), (ow, oc, _), (w1, c1, _) = r["faiss"], r["ours"], r["ours_1thread"]
