@@ -239,7 +239,7 @@ def tiny_alpha_clip(seed: int = 0, *, width: int = 32, layers: int = 2, image_si
 
 
 def load_backbone(backbone: str, preset: str | None = "ViT-L/14", *, seed: int = 0):
-  """``"tiny"`` (random demo weights), an AlphaCLIP visual ``.pth`` or a directory holding one -> (model, params, name)."""
+  """``"tiny"`` (random demo weights), an AlphaCLIP visual ``.pth`` or a dir holding one -> (model, params, name)."""
   if backbone == "tiny":
     return tiny_alpha_clip(seed)
   from backbones_jax import alpha_clip  # pylint: disable=import-outside-toplevel

@@ -137,7 +137,7 @@ _INT32 = 2 ** 31
 
 
 def polygon_to_mask(points, width: int, height: int) -> np.ndarray:
-  """Instance polygon ``[[x, y], ...]`` -> ``(height, width)`` uint8 mask: ``cv2.fillPoly`` of the int32 vertices, 255."""
+  """Polygon ``[[x, y], ...]`` -> ``(height, width)`` uint8 mask: ``cv2.fillPoly`` (255) of the int32 vertices."""
   pts = np.asarray(points, dtype=np.float64)
   if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) == 0:
     raise ValueError(f"A polygon must be a non-empty list of [x, y] pairs; got shape {pts.shape}.")
