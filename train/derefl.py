@@ -163,20 +163,33 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 # ------------------------------------------------------------------------------------------- step
 def _synthesis_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   s = config.synthesis
+  clean = {"clean_prob": float(s.get("clean_prob", 0.0))}
   if s.recipe == "dsrnet":
-    return {"recipe": "dsrnet", "pad_mode": s.pad_mode, "screen_prob": float(s.screen_prob)}
+    return {"recipe": "dsrnet", "pad_mode": s.pad_mode, "screen_prob": float(s.screen_prob), **clean}
   if s.recipe == "zhang":
-    return {"recipe": "zhang"}
+    return {"recipe": "zhang", **clean}
   raise ValueError(f"synthesis.recipe must be 'dsrnet' or 'zhang', got {s.recipe!r}.")
 
 
 def make_inputs(batch: Mapping[str, jax.Array], rng: jax.Array, syn_kwargs: Mapping[str, Any]
                 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """Host batch -> (I, T, R, has_R): synthetic rows mixed on the device, real rows passed through."""
-  syn = synthesis.synthesize_batch(rng, batch["t"], batch["r"], **syn_kwargs)
+  """Host batch -> (I, T, R, has_R): synthetic rows mixed on the device, real rows passed through.
+
+  ``clean_prob`` in ``syn_kwargs``: that share of the synthetic rows gets no reflection (I = T,
+  R = 0), so the model also learns to leave a clean photo alone (see docs/derefl.md, demo).
+  """
+  syn_kwargs = dict(syn_kwargs)
+  clean_prob = float(syn_kwargs.pop("clean_prob", 0.0))
+  key_syn, key_clean = jax.random.split(rng)
+  syn = synthesis.synthesize_batch(key_syn if clean_prob else rng, batch["t"], batch["r"], **syn_kwargs)
+  blended, reflection = syn["blended"], syn["reflection"]
+  if clean_prob:
+    clean = jax.random.bernoulli(key_clean, clean_prob, (batch["t"].shape[0],))[:, None, None, None]
+    blended = jnp.where(clean, batch["t"], blended)
+    reflection = jnp.where(clean, jnp.zeros_like(reflection), reflection)
   m = batch["synthetic"][:, None, None, None]
-  inputs = jnp.where(m, syn["blended"], batch["blended"])
-  target_r = jnp.where(m, syn["reflection"], batch["r"])
+  inputs = jnp.where(m, blended, batch["blended"])
+  target_r = jnp.where(m, reflection, batch["r"])
   return inputs, batch["t"], target_r, batch["synthetic"].astype(jnp.float32)
 
 

@@ -62,6 +62,7 @@ def _common() -> ml_collections.ConfigDict:
       "recipe": "dsrnet",     # "dsrnet" | "zhang"
       "pad_mode": "constant",  # DSRNet's blur border (scipy convolve2d 'same' = zeros); dsrnet only
       "screen_prob": 0.7,
+      "clean_prob": 0.0,       # share of synthetic pairs left without a reflection (I = T, R = 0)
   })
   c.optim = ml_collections.ConfigDict({
       "lr": 1e-4, "b1": 0.9, "b2": 0.999, "weight_decay": 0.0, "warmup_steps": 0,
