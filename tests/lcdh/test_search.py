@@ -77,7 +77,7 @@ def test_index_save_load_query_round_trip(tiny_run, tmp_path, capsys):
   assert rc == 0, log.err
   assert "notes.txt: not a readable image" in log.err + log.out
   assert "broken.png: not a readable image" in log.err + log.out
-  assert "images/s" in log.out and "52 words from" in log.out
+  assert "images/s" in log.out and f"{len(synthetic.TAG_VOCAB)} words from" in log.out
   idx = search.SearchIndex.load(out)  # no checkpoint needed to reload
   ids = [f"img_{i:03d}.png" for i in range(N_IMAGES)]
   assert idx.ids == ids and idx.bits == 16 and len(idx) == N_IMAGES
@@ -142,7 +142,7 @@ def test_clear_errors(tiny_run, encoder, tmp_path, capsys):
   photos = tiny_run["photos"]
   idx = search.build_index(tiny_run["dir"], [photos / "img_000.png", photos / "img_001.png"], encoder=encoder)
   with pytest.raises(search.SearchError, match=r"none of the words of the caption 'zebra xylophone' is in the "
-                                               r"run's 52-word text vocabulary"):
+                                               rf"run's {len(synthetic.TAG_VOCAB)}-word text vocabulary"):
     search.query(idx, text="zebra xylophone", encoder=encoder)
   with pytest.raises(search.SearchError, match="the index is empty"):
     search.query(search.SearchIndex.empty(encoder), text="red", encoder=encoder)
