@@ -77,6 +77,7 @@ class Annotations:
   labels: list[str | None]      # label text of each instance (None: unlabelled query)
   rel_paths: list[str]          # img_rel_path of every data row (for the predictions file)
   problems: list[RowProblem]
+  row_labels: list[str] = dataclasses.field(default_factory=list)  # label text of every data row
 
 
 def _parse_points(text: str) -> np.ndarray:
@@ -156,11 +157,12 @@ def read_annotations(path: str | os.PathLike, *, role: str, class_names: Sequenc
   if not base.is_dir():
     raise FileNotFoundError(f"image root {base} is not a directory.")
   known = None if class_names is None else set(class_names)
-  instances, kept_rows, labels, problems, rel_paths = [], [], [], [], []
+  instances, kept_rows, labels, problems, rel_paths, row_labels = [], [], [], [], [], []
   info_cache: dict[Path, tuple[tuple[int, int], str] | str] = {}
   for i, r in enumerate(tqdm(rows, desc=f"check {role} rows", unit="row", disable=not progress)):
     rel = (r.get("img_rel_path") or "").strip()
     rel_paths.append(rel)
+    row_labels.append((r.get("label") or "").strip())
     try:
       if not rel:
         raise ValueError("`img_rel_path` is empty")
@@ -205,7 +207,7 @@ def read_annotations(path: str | os.PathLike, *, role: str, class_names: Sequenc
     kept_rows.append(i)
     labels.append(label)
   return Annotations(path=str(p), num_rows=len(rows), instances=instances, rows=kept_rows, labels=labels,
-                     rel_paths=rel_paths, problems=problems)
+                     rel_paths=rel_paths, problems=problems, row_labels=row_labels)
 
 
 def _with_labels(insts: list[data_lib.Instance], labels: list[str | None], class_names: Sequence[str]):
@@ -400,7 +402,7 @@ def classify(support_csv: str | os.PathLike, query_csv: str | os.PathLike, outpu
     for k, c in enumerate(class_names):
       d[f"p_{c}"] = "" if np.isnan(probs_all[r, k]) else f"{probs_all[r, k]:.6f}"
     lab = row_label.get(r)
-    d["label"] = lab or ""
+    d["label"] = lab or qry.row_labels[r]  # a skipped row keeps its label text
     d["correct"] = "" if (lab is None or predicted[r] is None) else int(lab == predicted[r])
     d["error"] = errors.get(r, "")
     rows_out.append(d)

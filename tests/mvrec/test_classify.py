@@ -71,6 +71,7 @@ def test_predictions_equal_library_pipeline_and_bad_rows_are_skipped(folder, tin
     assert needle in msgs[good + k], (k, msgs[good + k])
     assert f"line {good + k + 2} (row {good + k})" in err
   assert [p.row for p in res.problems] == list(range(good, good + 6))
+  assert res.rows[good + 2]["label"] == "dent" and res.rows[good + 2]["correct"] == ""
   # probabilities sum to one, prediction = argmax; skipped rows have none
   ok = [r for r in range(len(q)) if not msgs[r]]
   np.testing.assert_allclose(res.probabilities[ok].sum(-1), 1.0, atol=1e-5)
