@@ -4,7 +4,7 @@
     python benchmarks/data_pipeline.py --methods lcdh --epochs 4 --threads 2 --json out.json
 
 For each method the script writes a synthetic raw dataset of realistic image sizes into
-``--workdir`` (kept between runs), prepares it once with the method's tfds builder (timed:
+``--workdir`` (kept between runs), prepares it afresh with the method's tfds builder (timed:
 ``prepare_s``), then reads every item ``--epochs`` times through
 
 * **current**: the reader the train scripts use today on the raw files, and
@@ -12,8 +12,9 @@ For each method the script writes a synthetic raw dataset of realistic image siz
   ``MapDataset``, seeded shuffle) + the package's record transform,
 
 with the same work after reading (the same decode, resize, normalise / views / crops) and the same
-number of read-ahead threads. It reports items/s of the first epoch (opening the data included:
-``load_dataset`` vs ``open_source``) and the mean of the later ones, and the ratio new / current.
+number of read-ahead threads, the readers alternating epoch by epoch. It reports items/s of the
+first epoch (opening the data included: ``load_dataset`` vs ``open_source`` / ``load_prepared``) and
+the mean of the later ones, and the ratio new / current.
 
 * lcdh: DCHMT ``paths`` layout, JPEG 320x240 images, the student's element (224 px, ImageNet
   normalised, BoW, labels): ``data.image_dataset`` vs ``record_transform``; and the DCMH
@@ -36,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,18 +47,25 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _timed_epochs(make_epoch_iter, count: int, epochs: int) -> list[float]:
-  """items/s of each epoch; ``make_epoch_iter(epoch)`` returns an iterable of ``count`` items (or batches)."""
-  out = []
+def _epoch_rate(make_epoch_iter, epoch: int, count: int) -> float:
+  """items/s of one epoch; ``make_epoch_iter(epoch)`` returns an iterable of about ``count`` items (or batches)."""
+  t0 = time.perf_counter()
+  n = 0
+  for b in make_epoch_iter(epoch):
+    n += len(b["index"]) if isinstance(b, dict) and "index" in b and np.ndim(b["index"]) else 1
+  dt = time.perf_counter() - t0
+  if abs(n - count) >= 64:  # the current lcdh reader keeps the last partial batch, grain drops it
+    raise RuntimeError(f"epoch read {n} items, expected about {count}")
+  return n / dt
+
+
+def _interleaved(readers, count: int, epochs: int) -> list[list[float]]:
+  """items/s per epoch of each reader, the readers alternating epoch by epoch (so that the load of a
+  shared machine drifts over all of them alike)."""
+  out = [[] for _ in readers]
   for e in range(epochs):
-    t0 = time.perf_counter()
-    n = 0
-    for b in make_epoch_iter(e):
-      n += len(b["index"]) if isinstance(b, dict) and "index" in b and np.ndim(b["index"]) else 1
-    dt = time.perf_counter() - t0
-    if abs(n - count) >= 64:  # the current lcdh reader keeps the last partial batch, grain drops it
-      raise RuntimeError(f"epoch read {n} items, expected about {count}")
-    out.append(n / dt)
+    for k, r in enumerate(readers):
+      out[k].append(_epoch_rate(r, e, count))
   return out
 
 
@@ -99,6 +108,7 @@ def bench_lcdh(work: Path, args) -> list[dict]:
   nq, nt = n // 10, n // 2
   for layout, root in (("paths", raw), ("arrays", rawa)):
     data_dir = work / f"prepared_lcdh_{layout}"
+    shutil.rmtree(data_dir, ignore_errors=True)  # prepare_s: always a fresh preparation
     t0 = time.perf_counter()
     tb.prepare(root, data_dir, dataset="synthetic", num_query=nq, num_train=nt)
     prep = time.perf_counter() - t0
@@ -128,10 +138,8 @@ def bench_lcdh(work: Path, args) -> list[dict]:
                                   repeat=False)
       return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
 
-    cur = _timed_epochs(current, count, args.epochs)
-    new = _timed_epochs(new_grain, count, args.epochs)
+    cur, new, loaded = _interleaved([current, new_grain, new_loaded], count, args.epochs)
     rows.append(_row("lcdh", f"{layout}: image_dataset vs tfds+grain record_transform", cur, new, prep))
-    loaded = _timed_epochs(new_loaded, count, args.epochs)
     rows.append(_row("lcdh", f"{layout}: image_dataset on raw vs on load_prepared (train.lcdh path)", cur,
                      loaded, prep))
   return rows
@@ -150,6 +158,7 @@ def bench_mvrec(work: Path, args) -> list[dict]:
   synthetic.make_dataset(raw, categories=("weave", "disc"), image_size=256, n_train=args.mvrec_per_class,
                          n_valid=args.mvrec_per_class, seed=0)
   data_dir = work / "prepared_mvrec"
+  shutil.rmtree(data_dir, ignore_errors=True)
   t0 = time.perf_counter()
   for c in ("weave", "disc"):
     tb.prepare(raw, data_dir, category=c)
@@ -175,7 +184,7 @@ def bench_mvrec(work: Path, args) -> list[dict]:
     return (x for it in its for x in it)
 
   return [_row("mvrec", "27 mso views / instance: instance_inputs vs record_views",
-               _timed_epochs(current, count, args.epochs), _timed_epochs(new, count, args.epochs), prep)]
+               *_interleaved([current, new], count, args.epochs), prep)]
 
 
 # ----------------------------------------------------------------------------------------- derefl
@@ -209,6 +218,7 @@ def bench_derefl(work: Path, args) -> list[dict]:
         photo().save(raw / rel / "transmission_layer" / f"{i:03d}.jpg", quality=90)
     (raw / "done").write_text("1")
   data_dir = work / "prepared_derefl"
+  shutil.rmtree(data_dir, ignore_errors=True)
   t0 = time.perf_counter()
   tb.prepare(raw, data_dir)
   prep = time.perf_counter() - t0
@@ -229,7 +239,7 @@ def bench_derefl(work: Path, args) -> list[dict]:
     return _sampler_epoch(state["p"], e, steps)
 
   rows = [_row("derefl", "train batches (8 x 224 crops): TrainSampler vs PreparedTrainSampler",
-               _timed_epochs(current, steps * bs, args.epochs), _timed_epochs(new, steps * bs, args.epochs), prep)]
+               *_interleaved([current, new], steps * bs, args.epochs), prep)]
   names = ["real20", "nature"]
   count = 40
 
@@ -242,14 +252,14 @@ def bench_derefl(work: Path, args) -> list[dict]:
     return (sets[n].load(i) for n in names for i in range(len(sets[n])))
 
   rows.append(_row("derefl", "test sets (load, aligned to 32): PairedFolder vs PreparedPairs",
-                   _timed_epochs(cur_test, count, args.epochs), _timed_epochs(new_test, count, args.epochs), prep))
+                   *_interleaved([cur_test, new_test], count, args.epochs), prep))
   return rows
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--methods", nargs="+", default=["lcdh", "mvrec", "derefl"])
-  p.add_argument("--epochs", type=int, default=3)
+  p.add_argument("--epochs", type=int, default=4)
   p.add_argument("--threads", type=int, default=2, help="read-ahead threads, the same for both readers")
   p.add_argument("--workdir", default="/tmp/data_pipeline_bench")
   p.add_argument("--lcdh-items", type=int, default=1000)
