@@ -262,7 +262,13 @@ def load_backbone(backbone: str, preset: str | None = "ViT-L/14", *, seed: int =
   if preset and preset not in alpha_clip.ALPHA_CLIP_PRESETS:
     raise ClassifyError(f"unknown --preset {preset!r}; choose one of {list(alpha_clip.ALPHA_CLIP_PRESETS)} "
                         "or '' to accept any checkpoint architecture.")
-  model, params = alpha_clip.load_alpha_clip(p, preset=preset or None)
+  from backbones_jax import convert, torch_pickle  # pylint: disable=import-outside-toplevel
+  try:
+    model, params = alpha_clip.load_alpha_clip(p, preset=preset or None)
+  except (torch_pickle.TorchFileError, convert.CheckpointMismatchError) as e:
+    msg = str(e) if str(p) in str(e) else f"{p}: {e}"
+    raise ClassifyError(f"cannot use --backbone {msg}. Give an AlphaCLIP visual checkpoint (.pth) that fits "
+                        f"--preset {preset!r} ('' accepts any architecture).") from None
   return model, params, f"alphaclip-{preset or 'any'}-{p.stem}"
 
 

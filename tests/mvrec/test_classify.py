@@ -150,6 +150,11 @@ def test_absolute_paths_and_image_root(folder, tmp_path):
                                                                         for r in rows["support"]]
 
 
+def _garbage(path):
+  path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  return path
+
+
 def test_cli_user_errors_are_one_line(folder, tmp_path, capsys):
   img_dir, rows = folder
   sup = _write(tmp_path / "s.csv", [dict(r, img_rel_path=str(img_dir / r["img_rel_path"])) for r in rows["support"]])
@@ -158,6 +163,8 @@ def test_cli_user_errors_are_one_line(folder, tmp_path, capsys):
       (["--support", str(sup), "--query", str(sup), "--crop-sizes", "16,x"], "--crop-sizes"),
       (["--support", str(sup), "--query", str(sup), "--backbone", str(tmp_path / "w.pth")], "neither 'tiny'"),
       (["--support", str(sup), "--query", str(sup), "--precision", "fp8"], "unknown precision"),
+      (["--support", str(sup), "--query", str(sup), "--backbone", str(_garbage(tmp_path / "g.pth"))],
+       f"cannot use --backbone {tmp_path / 'g.pth'}"),
       (["--support", str(sup), "--query", str(sup), "--method", "zoom"], "Unknown multi-view method"),
       (["--support", str(_write(tmp_path / "one.csv", rows["support"][:1])), "--query", str(sup)], "at least 2 classes"),
       (["--support", str(_write(tmp_path / "nolabel.csv", rows["support"], ["img_rel_path", "points"])),
