@@ -175,3 +175,34 @@ def test_cli_user_errors_are_one_line(folder, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and needle in err[-1], (argv, err)
     assert not any("Traceback" in line for line in err)
+
+
+def test_load_backbone_from_a_release_format_checkpoint(tmp_path):
+  """--backbone: a .pth (or a dir holding one) in the AlphaCLIP release naming; --preset checks the shapes."""
+  torch = pytest.importorskip("torch")
+  g = torch.Generator().manual_seed(0)
+  r = lambda *s: torch.randn(*s, generator=g) * 0.05
+  w, patch, image, embed = 64, 8, 32, 16  # OpenAI heads = width // 64
+  sd = {"class_embedding": r(w), "positional_embedding": r((image // patch) ** 2 + 1, w),
+        "conv1.weight": r(w, 3, patch, patch), "conv1_alpha.weight": r(w, 1, patch, patch), "ln_pre.weight": 1 + r(w),
+        "ln_pre.bias": r(w), "ln_post.weight": 1 + r(w), "ln_post.bias": r(w), "proj": r(w, embed)}
+  q = "transformer.resblocks.0."
+  sd.update({q + "attn.in_proj.weight": r(3 * w, w), q + "attn.in_proj.bias": r(3 * w), q + "attn.out_proj.weight": r(w, w),
+             q + "attn.out_proj.bias": r(w), q + "ln_1.weight": 1 + r(w), q + "ln_1.bias": r(w),
+             q + "ln_2.weight": 1 + r(w), q + "ln_2.bias": r(w), q + "mlp.c_fc.weight": r(4 * w, w),
+             q + "mlp.c_fc.bias": r(4 * w), q + "mlp.c_proj.weight": r(w, 4 * w), q + "mlp.c_proj.bias": r(w)})
+  (tmp_path / "w").mkdir()
+  torch.save({"module." + k: v for k, v in sd.items()}, tmp_path / "w" / "alpha.pth")
+  for src in (tmp_path / "w" / "alpha.pth", tmp_path / "w"):
+    model, params, name = C.load_backbone(str(src), preset="")
+    assert model.spec.vision.image_size == 32 and name == "alphaclip-any-alpha"
+    np.testing.assert_array_equal(np.asarray(params["vision_model"]["embeddings"]["conv1_alpha"]["kernel"]).ravel()[:1],
+                                  np.asarray(sd["conv1_alpha.weight"].permute(2, 3, 1, 0)).ravel()[:1])
+  assert C._default_resize(model.spec.vision.image_size) == (64, 32)  # pylint: disable=protected-access
+  with pytest.raises(C.ClassifyError, match="does not fit preset ViT-L/14"):
+    C.load_backbone(str(tmp_path / "w" / "alpha.pth"), preset="ViT-L/14")
+  with pytest.raises(C.ClassifyError, match="unknown --preset"):
+    C.load_backbone(str(tmp_path / "w" / "alpha.pth"), preset="ViT-Z")
+  torch.save({}, tmp_path / "w" / "second.pth")
+  with pytest.raises(FileNotFoundError, match="2 .pth/.pt files"):
+    C.load_backbone(str(tmp_path / "w"), preset="")
