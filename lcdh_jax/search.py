@@ -529,7 +529,8 @@ class SearchIndex:
 
 
 def _encode_items(encoder: StudentEncoder, items: list[tuple[str, Path, bool]], captions: dict[str, str] | None,
-                  *, vocab: Sequence[str] | None = None, log=print, threads: int = 4):
+                  *, vocab: Sequence[str] | None = None, known_ids: Iterable[str] = (), log=print,
+                  threads: int = 4):
   """Loads and encodes images in batches (tqdm; images/s at the end) and their captions.
 
   -> (ids, image codes (n, bits) int8, text codes (n, bits) int8 or None, has_text (n,), captions)."""
@@ -567,7 +568,7 @@ def _encode_items(encoder: StudentEncoder, items: list[tuple[str, Path, bool]], 
   has_text = np.zeros(len(ids), bool)
   text_codes = None
   if captions:
-    unknown = sorted(set(captions) - set(i for i, _, _ in items))
+    unknown = sorted(set(captions) - set(i for i, _, _ in items) - set(known_ids))
     if unknown:
       log(f"note: {len(unknown)} captions name no image given here (e.g. {unknown[0]!r}); they are ignored.")
     with_cap = [j for j, c in enumerate(caps) if c.strip()]
@@ -609,27 +610,56 @@ def build_index(checkpoint: str | os.PathLike, images, *, captions: str | os.Pat
 
 def add_to_index(index: SearchIndex, images, *, captions=None, checkpoint: str | os.PathLike | None = None,
                  encoder: StudentEncoder | None = None, batch_size: int = 64, log=print) -> int:
-  """Encodes only the new images (ids not yet in the index) and appends them; returns how many were added."""
+  """Encodes only the new images (ids not yet in the index) and appends them; returns how many were added.
+
+  Old codes are never re-encoded. A caption for an item already in the index that has no text code yet gives
+  it one (only the caption is encoded); an item's existing text code is never replaced.
+  """
   if encoder is None:
     ck = checkpoint or index.meta.get("checkpoint")
     encoder = load_student(ck, bits=index.bits, step=None if checkpoint else index.meta.get("step"),
                            batch_size=batch_size)
   index.check_encoder(encoder)
   vocab = index.vocab or encoder.vocab
+  caps = read_captions(captions) if isinstance(captions, (str, os.PathLike)) else captions
+  if caps:
+    encoder.bow([""], vocab)  # raises the missing-vocabulary error before any work
+    _caption_old_items(index, encoder, caps, vocab, log)
   known = set(index.ids)
   items = list_images(images)
   new = [it for it in items if it[0] not in known]
   if len(new) < len(items):
     log(f"skipped {len(items) - len(new)} images already in the index (same id)")
   if not new:
-    log("nothing new to add")
+    log("no new image to add")
     return 0
-  caps = read_captions(captions) if isinstance(captions, (str, os.PathLike)) else captions
-  if caps:
-    encoder.bow([""], vocab)  # raises the missing-vocabulary error before any work
   before = len(index)
-  index.append(*_encode_items(encoder, new, caps, vocab=vocab, log=log))
+  index.append(*_encode_items(encoder, new, caps, vocab=vocab, known_ids=known, log=log))
   return len(index) - before
+
+
+def _caption_old_items(index: SearchIndex, encoder: StudentEncoder, caps: dict[str, str], vocab, log) -> None:
+  """Text codes for indexed items that have none yet and get a caption now."""
+  rows = [j for j, iid in enumerate(index.ids) if not index.has_text[j] and caps.get(iid, "").strip()]
+  kept = [j for j, iid in enumerate(index.ids) if index.has_text[j] and caps.get(iid, "").strip()
+          and caps[iid] != index.captions[j]]
+  if kept:
+    log(f"note: {len(kept)} indexed items already have a text code; their new captions are ignored "
+        f"(e.g. {index.ids[kept[0]]!r}).")
+  if not rows:
+    return
+  bow = encoder.bow([caps[index.ids[j]] for j in rows], vocab)
+  ok = bow.sum(1) > 0
+  if not ok.all():
+    log(f"{int((~ok).sum())} captions have no word of the run's text vocabulary, so those items get no text "
+        f"code (e.g. {index.ids[rows[int(np.flatnonzero(~ok)[0])]]!r}).")
+  rows_ok = [r for r, good in zip(rows, ok) if good]
+  if rows_ok:
+    index.text_codes[rows_ok] = retrieval.pack_codes(encoder.encode_bow(bow[ok]))
+    index.has_text[rows_ok] = True
+    for j in rows_ok:
+      index.captions[j] = caps[index.ids[j]]
+    log(f"encoded {len(rows_ok)} captions of items already in the index")
 
 
 def query(index: SearchIndex, *, text: str | Sequence[str] | None = None, image=None, top_k: int = 10,
@@ -733,9 +763,9 @@ def main(argv: Sequence[str] | None = None) -> int:
       index = SearchIndex.load(args.index)
       n = add_to_index(index, args.images, captions=args.captions, checkpoint=args.checkpoint,
                        batch_size=args.batch_size)
-      if n:
-        index.save(args.index)
-      print(f"index: added {n} items, {len(index)} in all -> {args.index}")
+      index.save(args.index)
+      print(f"index: added {n} items, {len(index)} in all ({int(index.has_text.sum())} with a text code) "
+            f"-> {args.index}")
     else:
       index = SearchIndex.load(args.index)
       kind, values = ("text", args.text) if args.text else ("image", args.image)

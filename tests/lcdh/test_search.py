@@ -131,10 +131,13 @@ def test_add_encodes_only_new_items(tiny_run, encoder, tmp_path, capsys):
   finally:
     del encoder.encode_images
   assert n == N_IMAGES - 25 and sum(encoded) == N_IMAGES - 25  # the 25 old images were not re-encoded
-  assert "skipped 25 images already in the index" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "skipped 25 images already in the index" in out
+  assert "encoded 25 captions of items already in the index" in out  # old items got text codes, images kept
   np.testing.assert_array_equal(idx.image_codes[:25], old_codes)
   np.testing.assert_array_equal(search.retrieval.unpack_codes(idx.image_codes), tiny_run["image_codes"])
-  assert not idx.has_text[:25].any() and idx.has_text[25:].all()  # captions came with the added items
+  assert idx.has_text.all() and idx.captions == tiny_run["captions_list"]
+  np.testing.assert_array_equal(search.retrieval.unpack_codes(idx.text_codes), tiny_run["text_codes"])
   assert search.add_to_index(idx, photos, encoder=encoder) == 0  # nothing new
 
 
