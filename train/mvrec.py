@@ -305,6 +305,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sources = _category_sources(config, workdir)
   settings = dict(shots=list(shots), seeds=list(seeds), precision=config.protocol.precision,
                   zip_f=config.zip_f.to_dict(), tip_f=config.tip_f.to_dict(), source=config.source)
+  if config.source != "official_features":  # results from images depend on the view preprocessing
+    from mvrec_jax import views  # pylint: disable=import-outside-toplevel
+    settings["views_preprocessing"] = views.PREPROCESSING_VERSION
   results: dict[str, Any] = {"preset": config.get("preset", ""), "settings": settings, "categories": {}}
   for step, (cat, load) in enumerate(sources):
     part_path = os.path.join(partial_dir, f"{cat}.json")

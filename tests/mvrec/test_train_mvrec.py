@@ -47,6 +47,9 @@ def test_demo_end_to_end_and_resume(tmp_path):
         assert e[mode]["mean"] == pytest.approx(np.mean(vals))
         assert e[mode]["std"] == pytest.approx(np.std(vals))
   assert cat["num_support"] == 12 and cat["num_query"] == 8 and cat["feature_shape"] == [27, 16]
+  # per-category results are reused only with the same view preprocessing (they are compared by settings)
+  from mvrec_jax import views
+  assert cat["settings"]["views_preprocessing"] == views.PREPROCESSING_VERSION
   assert np.asarray(cat["confusion"]["zip_adapter"]["2"]).sum() == 2 * 8
   assert Path(wd, "confusion", "weave_zip_adapter_f.png").stat().st_size > 1000
   assert "Zip-Adapter-F" in Path(wd, "results.txt").read_text()
