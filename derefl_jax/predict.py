@@ -375,7 +375,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _is_weights_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin")
+    """A DSRNet weights file (by suffix, so that a missing X.pt gets the DSRNet download hint)."""
+    return not path.is_dir() and path.suffix.lower() in (".pt", ".pth", ".ckpt", ".bin")
 
 
 def main(argv: list[str] | None = None) -> int:
