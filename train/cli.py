@@ -104,7 +104,8 @@ def run(main_fn: Callable[[ml_collections.ConfigDict, str], Any], default_config
   2. start multi-host JAX if asked; `validate(config)` (raise `config_lib.ConfigError`);
   3. `config_lib.check_workdir`: a rerun in a workdir that holds a run must have the saved config,
      except for `config_lib.SHARED_RESUMABLE_KEYS` and this method's `resumable_keys` (logged);
-  4. write `config.json` (atomically; process 0) and run `main_fn`.
+  4. write `config.json` (atomically; process 0) and run `main_fn`; allowed changes of a resumed
+     run are logged and saved once `main_fn` went ahead (not when it stopped on a user error).
   User errors (`is_user_error`, plus `user_errors`) anywhere in this print one `error:` line and
   exit with code 2; anything else (an internal bug) keeps its traceback.
   """
@@ -128,25 +129,49 @@ def _run(main_fn, default_config, argv, resumable_keys, validate):
       flags.FLAGS.mark_as_parsed()
   except Exception:  # pragma: no cover
     pass
-  prepare_workdir(config, workdir, resumable_keys=resumable_keys, validate=validate,
-                  defaults=config_lib.load_config(args.config))
-  return main_fn(config, workdir)
+  record = prepare_workdir(config, workdir, resumable_keys=resumable_keys, validate=validate,
+                           defaults=config_lib.load_config(args.config), defer=True)
+  try:
+    out = main_fn(config, workdir)
+  except Exception as e:
+    if not is_user_error(e):
+      record()  # the run went ahead with the new settings before it failed
+    raise
+  except BaseException:  # KeyboardInterrupt: same
+    record()
+    raise
+  record()
+  return out
 
 
 def prepare_workdir(config: ml_collections.ConfigDict, workdir: str, *, resumable_keys: Sequence[str] = (),
                     validate: Callable[[ml_collections.ConfigDict], None] | None = None,
-                    defaults: ml_collections.ConfigDict | None = None) -> dict:
-  """Steps 2-4 of `run` for code that calls a method's `train_and_evaluate` itself (notebooks):
-  validates, checks the workdir against its saved config (raises `ConfigError`, writing nothing),
-  logs allowed changes and saves `config.json`. Returns the differences found."""
+                    defaults: ml_collections.ConfigDict | None = None, defer: bool = False):
+  """Steps 2-4 of `run`, also for code that calls a method's `train_and_evaluate` itself
+  (notebooks): validates, checks the workdir against its saved config (raises `ConfigError`,
+  writing nothing) and saves `config.json` (first run). Allowed changes of a resumed run are
+  printed, logged to `resume_log.jsonl` and saved into `config.json` now, or, with `defer=True`,
+  by calling the returned function once the run went ahead (`run` skips it when the method
+  stopped on a user error, e.g. a checkpoint that does not restore, so that run dir stays as it was).
+  Returns the differences found (`defer=False`) or that function.
+  """
   from train import parallel  # pylint: disable=import-outside-toplevel
   if validate is not None:
     validate(config)
   diff = config_lib.check_workdir(config, workdir, resumable=resumable_keys, defaults=defaults)
-  if parallel.is_main_process():
-    changes = config_lib.describe_changes(diff)
-    if changes:
-      print(f"resuming {workdir} with changed settings: {changes}", flush=True)
-      config_lib.log_resume(workdir, diff)
-    config_lib.save_config(config, workdir)  # unchanged bytes when the config is the saved one
+  changes = config_lib.describe_changes(diff)
+  if changes:
+    print(f"resuming {workdir} with changed settings: {changes}", flush=True)
+
+  def record():
+    if parallel.is_main_process():
+      if changes:
+        config_lib.log_resume(workdir, diff)
+      config_lib.save_config(config, workdir)  # unchanged bytes when the config is the saved one
+
+  if not changes and parallel.is_main_process():
+    config_lib.save_config(config, workdir)  # a first run claims the workdir before it starts
+  if defer:
+    return record
+  record()
   return diff

@@ -154,6 +154,29 @@ def test_resumable_change_is_allowed_logged_and_saved(cfg_path, tmp_path, capsys
   assert _files(wd) == before
 
 
+def test_allowed_change_is_not_recorded_when_the_run_stops_on_a_user_error(cfg_path, tmp_path, capsys):
+  """e.g. more steps asked, but the checkpoint does not restore: the run dir stays as it was."""
+  wd = tmp_path / "wd"
+  cli.run(_finished(wd), cfg_path + ":demo", [f"--workdir={wd}"])
+  before = _files(wd)
+
+  def restore_fails(config, workdir):
+    from train.checkpoint import CheckpointRestoreError
+    raise CheckpointRestoreError("the checkpoint X cannot be restored")
+
+  with pytest.raises(SystemExit):
+    cli.run(restore_fails, cfg_path + ":demo", [f"--workdir={wd}", "--config.lr=0.5"], resumable_keys=("lr",))
+  assert "lr 0.001 -> 0.5" in capsys.readouterr().out
+  assert _files(wd) == before
+
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):  # the run went ahead with lr=0.5: recorded
+    cli.run(interrupted, cfg_path + ":demo", [f"--workdir={wd}", "--config.lr=0.5"], resumable_keys=("lr",))
+  assert json.loads((wd / "config.json").read_text())["lr"] == 0.5 and (wd / "resume_log.jsonl").exists()
+
+
 def test_config_json_alone_is_replaced(cfg_path, tmp_path):
   """An earlier attempt that stopped before producing anything does not lock the workdir."""
   wd = tmp_path / "wd"
