@@ -147,6 +147,8 @@ LCDH_CASES = {
     "OpenAI .pt without tokenizer": (["--config.clip.name=/weights/ViT-B-32.pt"],
                                      ["ViT-B-32.pt", "holds no tokenizer", "--config.clip.tokenizer"]),
     "missing config file": (["--config=nowhere/lcdh.py:demo"], ["nowhere/lcdh.py", "does not exist"]),
+    "incomplete multi-host flags": (["--num_processes=2"], ["--coordinator_address, --num_processes and "
+                                                            "--process_id (got None, 2, None)"]),
 }
 
 

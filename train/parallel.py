@@ -24,7 +24,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   if not auto and coordinator_address is None and num_processes is None:
     return False
   if not auto and (coordinator_address is None or num_processes is None or process_id is None):
-    raise ValueError("Multi-host runs need all of --coordinator_address, --num_processes and --process_id "
+    from train.config_lib import UserError  # pylint: disable=import-outside-toplevel
+    raise UserError("Multi-host runs need all of --coordinator_address, --num_processes and --process_id "
                      f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r}).")
   try:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
