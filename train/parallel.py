@@ -70,8 +70,8 @@ def local_batch_size(global_batch_size: int, mesh: Mesh | None = None, *, key: s
   if global_batch_size <= 0 or global_batch_size % ndev:
     from train.config_lib import UserError  # pylint: disable=import-outside-toplevel
     fix = ndev * max(1, -(-global_batch_size // ndev))
-    where = f"config.{key}" if key else "The global batch size"
-    raise UserError(f"{where}={global_batch_size} does not divide over {ndev} devices; use a positive "
+    where = f"config.{key}={global_batch_size}" if key else f"The global batch size {global_batch_size}"
+    raise UserError(f"{where} does not divide over {ndev} devices; use a positive "
                     f"multiple of {ndev}" + (f", e.g. --config.{key}={fix}." if key else "."))
   return global_batch_size // nproc
 
