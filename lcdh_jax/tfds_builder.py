@@ -96,7 +96,8 @@ class LcdhCrossModal(tfds.core.GeneratorBasedBuilder):
   code_path = tfds.core.utils.classproperty(classmethod(lambda cls: None))
 
   def __init__(self, *, tag_vocab: str | None = None, split_seed: int = 0, num_query: int | None = None,
-               num_train: int | None = None, **kwargs):
+               num_train: int | None = None, raw_root: str | None = None, **kwargs):
+    self._raw_root = raw_root  # a .mat file or a folder (default: manual_dir)
     self._tag_vocab = tag_vocab
     self._split_seed = int(split_seed)
     self._num_query, self._num_train = num_query, num_train
@@ -124,7 +125,7 @@ class LcdhCrossModal(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    root = Path(dl_manager.manual_dir)
+    root = Path(self._raw_root or dl_manager.manual_dir)
     name = self.builder_config.name
     d = data_lib.load_dataset(name, root, tag_vocab=self._tag_vocab)
     spec = data_lib.DATASETS[name]
@@ -175,7 +176,7 @@ def prepare(raw_root: str | os.PathLike, data_dir: str | os.PathLike, *, dataset
                             + data_lib._missing_message(dataset, raw_root))  # pylint: disable=protected-access
   builder = LcdhCrossModal(config=dataset, data_dir=str(data_dir), file_format="array_record",
                            tag_vocab=str(tag_vocab) if tag_vocab else None, split_seed=split_seed,
-                           num_query=num_query, num_train=num_train)
+                           num_query=num_query, num_train=num_train, raw_root=str(raw_root))
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(raw_root if raw_root.is_dir() else raw_root.parent), try_download_gcs=False))
   return dataset_dir(data_dir, dataset)

@@ -54,6 +54,11 @@ def test_lcdh_unprepared_and_missing_raw_errors(tmp_path):
     tb.load_prepared(tmp_path, "mirflickr")
   with pytest.raises(FileNotFoundError, match="does not exist"):
     tb.prepare(tmp_path / "nothing", tmp_path / "prep", dataset="mirflickr")
+  # a DCMH .mat file under another name, given as the file itself
+  raw = fakes.make_lcdh_raw(tmp_path / "raw", "arrays", num_samples=12)
+  (raw / "synthetic.mat").rename(raw / "my_copy.mat")
+  tb.prepare(raw / "my_copy.mat", tmp_path / "prep", dataset="synthetic", num_query=2, num_train=4)
+  assert len(tb.load_prepared(tmp_path / "prep", "synthetic")) == 12
 
 
 # ------------------------------------------------------------------------------------------ MVREC
