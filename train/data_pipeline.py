@@ -87,7 +87,8 @@ def open_source(data_dir: str, name: str, split: str, *, decoders: Mapping[str, 
     for key, feature in builder.info.features.items():
       if isinstance(feature, tfds.features.Image):
         decoders.setdefault(key, tfds.decode.SkipDecoding())
-  return builder.as_data_source(split=split, decoders=decoders or None)
+  return tfds.data_source(f"{builder_name}/{config}:{versions[-1]}" if config else f"{name}:{versions[-1]}",
+                          split=split, data_dir=str(data_dir), download=False, decoders=decoders or None)
 
 
 def shard_indices(indices: np.ndarray | int, *, seed: int, process_index: int | None = None,
