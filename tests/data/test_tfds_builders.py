@@ -152,3 +152,34 @@ def test_derefl_missing_split_and_16bit(tmp_path):
     tb.test_sets(tmp_path / "prep", ["wild"])
   with pytest.raises(ValueError, match="Unknown test set"):
     tb.test_sets(tmp_path / "prep", ["sun"])
+
+
+def test_mvrec_real_mvtec_fs_csvs(tmp_path):
+  """The official transistor CSVs (annotations of the real benchmark), with blank images in their place."""
+  from PIL import Image
+
+  from mvrec_jax import data as data_lib
+  from mvrec_jax import tfds_builder as tb
+  csvs = Path(__file__).resolve().parents[2] / "../shared/fixtures/mvtec_fs_config"
+  if not (csvs / "transistor_config1").is_dir():
+    pytest.skip("../shared/fixtures/mvtec_fs_config is absent")
+  ann = data_lib.load_category(csvs, "transistor")
+  blank = Image.new("L", (1024, 1024))
+  for inst in ann.train + ann.valid:  # MVTec-FS image-archive layout: <root>/image/<part>/<img_rel_path>
+    p = tmp_path / "images" / "image" / "transistor" / inst.img_rel_path
+    if not p.exists():
+      p.parent.mkdir(parents=True, exist_ok=True)
+      blank.save(p)
+  tb.prepare(tmp_path / "images", tmp_path / "prep", category="transistor", config_root=csvs)
+  ref = data_lib.load_category(csvs, "transistor", data_root=tmp_path / "images")
+  got = tb.load_prepared(tmp_path / "prep", "transistor")
+  assert got.class_names == data_lib.OFFICIAL_CLASS_NAMES["transistor"] == ref.class_names
+  for s in ("train", "valid"):
+    assert [i.key for i in got.split(s)] == [i.key for i in ref.split(s)] and len(ref.split(s)) > 10
+    for a, b in zip(ref.split(s), got.split(s)):
+      assert a.bbox == b.bbox and a.label == b.label and a.image_size == b.image_size
+      np.testing.assert_array_equal(a.polygon, b.polygon)
+  want = data_lib.instance_inputs(ref.valid[0], method="ms")
+  have = tb.record_views(tb.open_split(tmp_path / "prep", "transistor", "valid")[0], method="ms")
+  for x, y in zip(want, have):
+    np.testing.assert_array_equal(x, y)
