@@ -33,7 +33,6 @@ is ``data.TrainSampler`` drawing from the prepared records (the same batches for
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
