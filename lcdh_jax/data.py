@@ -306,6 +306,8 @@ def read_arrays_mat(path: str | os.PathLike, name: str = "dataset",
     raise DatasetError(f"{path}: {img_key} must be (N, H, W, 3); got {images.shape}.")
   if images.dtype != np.uint8:
     images = np.clip(images, 0, 255).astype(np.uint8)
+  # scipy.io.loadmat returns Fortran order: one C-contiguous copy now, instead of a strided gather per item
+  images = np.ascontiguousarray(images)
   if tags.ndim != 2:
     raise DatasetError(f"{path}: YAll must be (N, V); got {tags.shape}.")
   _validate(name, tags, labels, None, images.shape[0])
