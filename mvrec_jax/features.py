@@ -5,7 +5,8 @@
   parameters replicated; :func:`encode_views` pads ``N`` to a multiple of the device count and runs
   it in ONE call.
 * :func:`extract_features` renders the views of many instances (``data.instance_inputs``, host
-  threads), encodes fixed-size batches with the jitted encoder (host work for the next batch
+  threads; ``load_image=`` takes the decoded images from elsewhere, e.g. prepared tfds records via
+  ``tfds_builder.image_loader``, the views still rendered here), encodes fixed-size batches with the jitted encoder (host work for the next batch
   overlaps the device work of the current one), shows tqdm progress, and caches the result as
   ``<cache_dir>/<dataset>__<backbone>__<split>__<hash>.npz`` with a ``.json`` key next to it (the
   key covers the view preprocessing version, so features of older views are never served).
@@ -35,7 +36,7 @@ from mvrec_jax import views as views_lib
 
 __all__ = [
     "DATA_AXIS", "FeatureSet", "ViewEncoder", "OfficialFeatures", "make_mesh", "make_view_encoder", "encode_views",
-    "alpha_clip_encode_fn", "extract_features", "cache_key", "load_official_features",
+    "alpha_clip_encode_fn", "instance_views", "extract_features", "cache_key", "load_official_features",
     "find_official_buffers", "official_categories",
 ]
 
@@ -162,13 +163,35 @@ def _cache_paths(cache_dir: Path, key: dict) -> tuple[Path, Path]:
   return cache_dir / f"{stem}.npz", cache_dir / f"{stem}.json"
 
 
+def instance_views(inst: data_lib.Instance, *, method: str = "mso",
+                   crop_sizes: Sequence[float] = views_lib.OFFICIAL_CROP_SIZES,
+                   resize: Sequence[int] = views_lib.OFFICIAL_RESIZE,
+                   load_image: Callable[[data_lib.Instance], Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """``(V, S, S, 3)`` image and ``(V, S, S, 1)`` alpha views of one instance, as ``data.instance_inputs``.
+
+  ``load_image(inst)`` returns the instance's decoded PIL image (modes as ``data.load_image``);
+  ``None`` reads ``inst.image_path`` (``data.instance_inputs``). The views are always rendered by
+  ``views.instance_views``, so they follow ``views.PREPROCESSING_VERSION`` whatever the image source.
+  """
+  if load_image is None:
+    return data_lib.instance_inputs(inst, method=method, crop_sizes=crop_sizes, resize=resize)
+  img = load_image(inst)
+  h, w = inst.image_size
+  if img.size != (w, h):
+    raise ValueError(f"the image of instance {inst.key} is {img.size[0]}x{img.size[1]} (WxH) but its annotation "
+                     f"says {w}x{h}; the polygon would not line up. Is it the right image?")
+  return views_lib.instance_views(img, inst.polygon, inst.bbox, method=method, crop_sizes=crop_sizes,
+                                  resize=resize)
+
+
 def extract_features(encode_fn: EncodeFn, params, instances: Sequence[data_lib.Instance], *,
                      dataset: str, backbone: str, split: str = "", method: str = "mso",
                      crop_sizes: Sequence[float] = views_lib.OFFICIAL_CROP_SIZES,
                      resize: Sequence[int] = views_lib.OFFICIAL_RESIZE, batch_size: int | None = None,
                      mesh: Mesh | None = None, cache_dir: str | os.PathLike | None = None,
-                     num_threads: int | None = None, progress: bool = True) -> FeatureSet:
-  """Multi-view features ``(N, V, D)`` float32 of ``instances`` (images read from disk), cached.
+                     num_threads: int | None = None, progress: bool = True,
+                     load_image: Callable[[data_lib.Instance], Any] | None = None) -> FeatureSet:
+  """Multi-view features ``(N, V, D)`` float32 of ``instances`` (images from disk or ``load_image``), cached.
 
   ``encode_fn(params, images (M, H, W, 3), alphas (M, H, W, 1)) -> (M, D)``, e.g.
   :func:`alpha_clip_encode_fn`. ``dataset``/``backbone`` name the cache entry (use the checkpoint
@@ -176,6 +199,11 @@ def extract_features(encode_fn: EncodeFn, params, instances: Sequence[data_lib.I
   (instances per jitted call, default one per device) is rounded up to a multiple of the device
   count; every call has the same shape so the encoder compiles once. Views are rendered by
   ``num_threads`` host threads (default: CPU count, at most 8; PIL releases the GIL).
+  ``load_image(inst) -> PIL image`` supplies the decoded images instead of ``inst.image_path``
+  (e.g. ``tfds_builder.image_loader(data_dir, category)`` for prepared tfds records); it must return
+  the same image the file would give. The views are rendered here either way (:func:`instance_views`),
+  so the cache key -- instance keys, bboxes, polygons, view recipe and ``views.PREPROCESSING_VERSION``
+  -- means the same for both sources, and an entry computed from one is served to the other.
   Single-process: on multi-host runs call it per host on that host's share of the instances.
   """
   if not instances:
@@ -204,7 +232,7 @@ def extract_features(encode_fn: EncodeFn, params, instances: Sequence[data_lib.I
   repl_params = jax.device_put(params, NamedSharding(encoder.mesh, P()))
 
   def render(inst):
-    return data_lib.instance_inputs(inst, method=method, crop_sizes=crop_sizes, resize=resize)
+    return instance_views(inst, method=method, crop_sizes=crop_sizes, resize=resize, load_image=load_image)
 
   chunks = [list(instances[i:i + bs]) for i in range(0, len(instances), bs)]
   outputs: list[np.ndarray] = []

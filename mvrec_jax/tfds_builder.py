@@ -25,7 +25,9 @@ An image with several instances is stored once per instance (records are self-co
 random access; MVTec-FS has 1-2 instances per image on average). Read back with
 :func:`load_prepared` (the :class:`mvrec_jax.data.CategoryData` of the category, instances without
 an ``image_path``) and :func:`record_views` (the ``(V, S, S, 3)`` / ``(V, S, S, 1)`` views of a
-record, computed by the same ``views.instance_views`` as ``data.instance_inputs``). Images are
+record, computed by the same ``views.instance_views`` as ``data.instance_inputs``);
+:func:`image_loader` hands the records' images to ``features.extract_features(load_image=...)``
+(the ``train.mvrec`` route with ``--config.data_dir``). Images are
 decoded by :func:`decode_image` with the reader's rule (modes L / RGB / RGBA kept): read with
 ``decoders={"image": tfds.decode.SkipDecoding()}``; tfds's own OpenCV decoding would drop that.
 """
@@ -44,9 +46,9 @@ from PIL import Image, UnidentifiedImageError
 from mvrec_jax import data as data_lib
 from mvrec_jax import views as views_lib
 
-__all__ = ["BUILDER_NAME", "VERSION", "MvrecMvtecFs", "prepare", "is_prepared", "dataset_dir",
-           "open_split", "load_prepared", "decode_image", "record_views", "record_instance", "views_transform",
-           "LICENSE"]
+__all__ = ["BUILDER_NAME", "VERSION", "MvrecMvtecFs", "prepare", "is_prepared", "prepared_categories",
+           "dataset_dir", "open_split", "load_prepared", "decode_image", "record_image", "record_views",
+           "record_instance", "image_loader", "views_transform", "LICENSE"]
 
 BUILDER_NAME = "mvrec_mvtec_fs"
 VERSION = "1.0.0"
@@ -135,6 +137,14 @@ def is_prepared(data_dir: str | os.PathLike, category: str) -> bool:
   return (dataset_dir(data_dir, category) / "dataset_info.json").is_file()
 
 
+def prepared_categories(data_dir: str | os.PathLike) -> list[str]:
+  """Categories prepared in ``data_dir``: the official ones in MVTec-FS order, then others sorted."""
+  root = Path(data_dir).expanduser() / BUILDER_NAME
+  found = sorted(d.name for d in root.iterdir() if is_prepared(data_dir, d.name)) if root.is_dir() else []
+  return [c for c in data_lib.MVTEC_FS_CATEGORIES if c in found] + [
+      c for c in found if c not in data_lib.MVTEC_FS_CATEGORIES]
+
+
 def prepare(data_root: str | os.PathLike, data_dir: str | os.PathLike, *, category: str,
             config_root: str | os.PathLike | None = None) -> Path:
   """Prepares ``category`` (images under ``data_root``, CSVs under ``config_root`` or ``data_root``) once."""
@@ -190,15 +200,46 @@ def load_prepared(data_dir: str | os.PathLike, category: str) -> data_lib.Catego
                                valid=splits["valid"])
 
 
-def record_views(rec: dict[str, Any], *, method: str = "mso",
-                 crop_sizes: Sequence[float] = views_lib.OFFICIAL_CROP_SIZES,
-                 resize: Sequence[int] = views_lib.OFFICIAL_RESIZE) -> tuple[np.ndarray, np.ndarray]:
-  """A record -> ``(V, S, S, 3)`` image and ``(V, S, S, 1)`` alpha views, as ``data.instance_inputs``."""
+def record_image(rec: dict[str, Any]) -> Image.Image:
+  """A record's decoded image (as ``data.load_image`` decodes the file), checked against ``image_size``."""
   img = decode_image(rec["image"])
   h, w = (int(v) for v in rec["image_size"])
   if img.size != (w, h):
     raise ValueError(f"stored image of instance row {int(rec['row'])} is {img.size[0]}x{img.size[1]} (WxH) "
                      f"but its annotation says {w}x{h}.")
+  return img
+
+
+def image_loader(data_dir: str | os.PathLike, category: str, cat: data_lib.CategoryData | None = None):
+  """``load_image(inst) -> PIL image`` reading the prepared records of ``category`` (thread-safe reads).
+
+  ``cat`` is the category's :func:`load_prepared` (read if not given): its instances are in the
+  stored order, which locates each instance's record; the record must carry the instance's
+  ``key``. For ``features.extract_features(..., load_image=image_loader(data_dir, category))``.
+  """
+  cat = load_prepared(data_dir, category) if cat is None else cat
+  where = {(s, inst.row): k for s in data_lib.SPLITS for k, inst in enumerate(cat.split(s))}
+  sources = {s: open_split(data_dir, category, s) for s in data_lib.SPLITS}
+
+  def load_image(inst: data_lib.Instance) -> Image.Image:
+    pos = where.get((inst.split, inst.row))
+    if pos is None:
+      raise KeyError(f"instance {inst.key} is not in the prepared category {category!r} in {data_dir}.")
+    rec = sources[inst.split][pos]
+    got = record_instance(rec, category=category, split=inst.split, class_names=cat.class_names)
+    if got.key != inst.key:
+      raise KeyError(f"the prepared record at {inst.split}[{pos}] is {got.key}, not {inst.key}: the instances "
+                     f"do not come from the prepared category {category!r} in {data_dir}.")
+    return record_image(rec)
+
+  return load_image
+
+
+def record_views(rec: dict[str, Any], *, method: str = "mso",
+                 crop_sizes: Sequence[float] = views_lib.OFFICIAL_CROP_SIZES,
+                 resize: Sequence[int] = views_lib.OFFICIAL_RESIZE) -> tuple[np.ndarray, np.ndarray]:
+  """A record -> ``(V, S, S, 3)`` image and ``(V, S, S, 1)`` alpha views, as ``data.instance_inputs``."""
+  img = record_image(rec)
   bbox = tuple(float(v) for v in rec["bbox"])
   return views_lib.instance_views(img, np.asarray(rec["polygon"], np.float64), bbox, method=method,
                                   crop_sizes=crop_sizes, resize=resize)

@@ -182,3 +182,41 @@ def test_find_official_buffers_official_names(tmp_path):
   assert F.official_categories(tmp_path / "buffer") == ["bottle", "pill"]
   with pytest.raises(FileNotFoundError, match="No query buffer for 'cable'"):
     F.find_official_buffers(d, "cable")
+
+
+def test_features_from_prepared_tfds_records_equal_raw_and_share_the_cache(tmp_path, params):
+  """load_image= from the prepared records: the same views and features, the same cache entries."""
+  import sys
+  sys.path.insert(0, str(REPO / "tests" / "data"))
+  import fakes  # tests/data/fakes.py: two synthetic categories, one RGBA and one grayscale image
+  from mvrec_jax import tfds_builder as tb
+  raw = fakes.make_mvrec_raw(tmp_path / "raw")
+  tb.prepare(raw, tmp_path / "prep", category="weave")
+  ref = D.load_category(raw, "weave", data_root=raw)
+  got = tb.load_prepared(tmp_path / "prep", "weave")
+  load = tb.image_loader(tmp_path / "prep", "weave", got)
+  assert {load(i).mode for i in got.train + got.valid} == {"RGB", "RGBA", "L"}
+  vkw = dict(crop_sizes=(16, 24, 32), resize=(16,))
+  for a, b in zip(ref.train + ref.valid, got.train + got.valid):  # every view, bit for bit
+    for x, y in zip(D.instance_inputs(a, **vkw), F.instance_views(b, load_image=load, **vkw)):
+      np.testing.assert_array_equal(x, y)
+  kw = dict(dataset="weave", backbone="fake", batch_size=3, num_threads=3, progress=False, **vkw)
+  for s in D.SPLITS:
+    a = F.extract_features(fake_encode, params, ref.split(s), split=s, cache_dir=tmp_path / "raw_cache", **kw)
+    b = F.extract_features(fake_encode, params, got.split(s), split=s, cache_dir=tmp_path / "rec_cache",
+                           load_image=load, **kw)
+    assert not a.from_cache and not b.from_cache and a.keys == b.keys
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.features, b.features)
+    # the same key: the raw route's entry is served to the records' route (and would be refused otherwise)
+    assert F.cache_key(ref.split(s), dataset="weave", backbone="fake", method="mso", split=s, **vkw) == F.cache_key(
+        got.split(s), dataset="weave", backbone="fake", method="mso", split=s, **vkw)
+    c = F.extract_features(fake_encode, params, got.split(s), split=s, cache_dir=tmp_path / "raw_cache",
+                           load_image=load, **kw)
+    assert c.from_cache
+  assert sorted(p.name for p in (tmp_path / "raw_cache").iterdir()) == sorted(
+      p.name for p in (tmp_path / "rec_cache").iterdir())
+  # an instance that is not in the prepared records is refused, not rendered from another record
+  other = D.load_category(raw, "disc", data_root=raw).train[0]
+  with pytest.raises(KeyError, match="not"):
+    load(other)
