@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from backbones_jax import clip as clip_lib
-from backbones_jax import convert, torch_pickle
+from backbones_jax import convert
 from backbones_jax.clip import CLIPTextSpec, CLIPVisionSpec
 
 __all__ = ["AlphaCLIPSpec", "AlphaCLIP", "ALPHA_CLIP_PRESETS", "alpha_clip_spec",
@@ -224,13 +224,13 @@ def load_alpha_clip(visual_ckpt: str | os.PathLike, clip_ckpt: str | os.PathLike
     CheckpointMismatchError: missing, unexpected or mis-shaped keys (named in the message), or a
       checkpoint that does not fit ``preset``.
   """
-  sd = _visual_state_dict(torch_pickle.load_state_dict(visual_ckpt))
+  sd = _visual_state_dict(convert.read_state_dict(visual_ckpt, "AlphaCLIP visual"))
   if "visual.conv1_alpha.weight" not in sd:
     raise convert.CheckpointMismatchError(
         f"{visual_ckpt} has no conv1_alpha.weight: not an AlphaCLIP visual checkpoint (for a "
         "plain CLIP use backbones_jax.clip.load_clip)")
   if clip_ckpt is not None:
-    text_sd = convert.strip_prefix(torch_pickle.load_state_dict(clip_ckpt), "module.")
+    text_sd = convert.strip_prefix(convert.read_state_dict(clip_ckpt, "OpenAI CLIP"), "module.")
     if not convert.is_openai_state_dict(text_sd) or "token_embedding.weight" not in text_sd:
       raise convert.CheckpointMismatchError(f"{clip_ckpt} is not an OpenAI CLIP checkpoint with "
                                             "a text tower")
