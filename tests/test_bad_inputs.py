@@ -217,6 +217,15 @@ def test_missing_and_corrupt_data_files(tmp_path, capsys):
     (buf / name).write_bytes(np.random.default_rng(1).bytes(3000))
   run_error(mvrec_main.main, [f"--config={MVREC_CFG}:official_features", f"--config.features_dir={buf}",
                               f"--workdir={tmp_path / 'd'}"], capsys, "weave_", "not a readable MVREC feature buffer")
+  # MVREC on MVTec-FS with a corrupt AlphaCLIP checkpoint (the annotation CSVs exist)
+  (tmp_path / "mv" / "CONFIG" / "bottle_config1").mkdir(parents=True)
+  for split in ("train", "valid"):
+    (tmp_path / "mv" / "CONFIG" / "bottle_config1" / f"{split}.csv").write_text("x\n")
+  (tmp_path / "alpha.pth").write_bytes(np.random.default_rng(3).bytes(500))
+  run_error(mvrec_main.main, [f"--config={MVREC_CFG}:mvtec_fs", f"--config.data_root={tmp_path / 'mv'}",
+                              f"--config.alpha_clip.visual_ckpt={tmp_path / 'alpha.pth'}",
+                              f"--workdir={tmp_path / 'g'}"], capsys,
+            f"{tmp_path / 'alpha.pth'} cannot be read as a PyTorch checkpoint", "AlphaCLIP visual")
   # derefl paper preset: no data root / not a directory (the message goes on with the layout)
   run_error(derefl.main, [f"--config={DEREFL_CFG}:paper", "--config.data.batch_size=8", f"--workdir={tmp_path / 'e'}"], capsys,
             "--config.data.root=DIR")
