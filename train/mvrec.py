@@ -150,16 +150,57 @@ def _spread_random_embeddings(params, embed_scale: float, alpha_std: float, seed
   return dict(params, vision_model=vision)
 
 
+def _prepared_category(config, category: str, data_root: str, config_root: str):
+  """(CategoryData, load_image) of ``category`` read from the prepared tfds dataset in ``config.data_dir``.
+
+  On first use the category is prepared there from the raw layout (images under ``data_root``, CSVs
+  under ``config_root``), with tfds's progress bars. When the CSVs are at hand, the prepared
+  annotations must equal them (else the features, cached by instance, would describe other data).
+  """
+  from mvrec_jax import data as data_lib  # pylint: disable=import-outside-toplevel
+  from mvrec_jax import tfds_builder  # pylint: disable=import-outside-toplevel
+  from train.config_lib import ConfigError  # pylint: disable=import-outside-toplevel
+
+  data_dir = config.data_dir
+  has_csvs = bool(config_root) and _has_config(config_root, category)
+  if not tfds_builder.is_prepared(data_dir, category):
+    if not has_csvs or not data_root or not Path(data_root).expanduser().is_dir():
+      raise FileNotFoundError(
+          f"MVTec-FS category {category!r} is not prepared in data_dir={data_dir!r}, and there is no raw layout to "
+          f"prepare it from (data_root={data_root!r}, config_root={config_root!r}): set --config.data_root=<MVTec-FS "
+          "images> (and --config.config_root=<folder of <category>_config1/>); it is prepared once. "
+          + data_lib.DATA_HELP)
+    print(f"data: preparing the tfds dataset {tfds_builder.BUILDER_NAME}/{category} in {data_dir} from {data_root} "
+          "(once)", flush=True)
+    tfds_builder.prepare(data_root, data_dir, category=category, config_root=config_root)
+  cat = tfds_builder.load_prepared(data_dir, category)
+  if has_csvs:
+    raw = data_lib.load_category(config_root, category)  # annotations only
+    same = raw.class_names == cat.class_names and all(
+        len(raw.split(s)) == len(cat.split(s)) and all(
+            a.key == b.key and a.bbox == b.bbox and np.array_equal(a.polygon, b.polygon)
+            for a, b in zip(raw.split(s), cat.split(s))) for s in data_lib.SPLITS)
+    if not same:
+      raise ConfigError(
+          f"the prepared category {category!r} in data_dir={data_dir!r} differs from the annotation CSVs under "
+          f"{config_root!r} (other instances, classes or polygons): delete "
+          f"{tfds_builder.dataset_dir(data_dir, category)} to prepare it again, or use another data_dir.")
+  return cat, tfds_builder.image_loader(data_dir, category, cat)
+
+
 def _image_category(config, workdir: str, category: str, backbone: _Backbone, data_root: str,
                     config_root: str) -> dict[str, Any]:
   from mvrec_jax import data as data_lib  # pylint: disable=import-outside-toplevel
   from mvrec_jax import features  # pylint: disable=import-outside-toplevel
 
-  cat = data_lib.load_category(config_root, category, data_root=data_root)
+  if config.get("data_dir"):  # prepared tfds records (docs/data.md): the same views, features and cache entries
+    cat, load_image = _prepared_category(config, category, data_root, config_root)
+  else:
+    cat, load_image = data_lib.load_category(config_root, category, data_root=data_root), None
   cache_dir = config.cache_dir or os.path.join(workdir, "features")
   kw = dict(dataset=f"{config.source}-{category}", backbone=backbone.name, method=config.views.method,
             crop_sizes=tuple(config.views.crop_sizes), resize=tuple(config.views.resize),
-            batch_size=int(config.views.batch_size), cache_dir=cache_dir)
+            batch_size=int(config.views.batch_size), cache_dir=cache_dir, load_image=load_image)
   sup = features.extract_features(backbone.encode_fn(), backbone.params, cat.train, split="train", **kw)
   qry = features.extract_features(backbone.encode_fn(), backbone.params, cat.valid, split="valid", **kw)
   return dict(support=sup.features, support_labels=sup.labels, query=qry.features, query_labels=qry.labels,
@@ -189,14 +230,20 @@ def _category_sources(config, workdir: str):
     pool = sorted({k for c in config.synthetic.categories for k in synthetic.CATEGORIES[c]})
   elif source == "mvtec_fs":
     data_root = config.data_root
-    if not data_root or not Path(data_root).expanduser().is_dir():
+    has_root = bool(data_root) and Path(data_root).expanduser().is_dir()
+    prepared = []
+    if config.get("data_dir"):  # prepared categories need no raw layout
+      from mvrec_jax import tfds_builder  # pylint: disable=import-outside-toplevel
+      prepared = tfds_builder.prepared_categories(config.data_dir)
+    if not has_root and not prepared:
       raise FileNotFoundError(
           f"mvtec_fs needs --config.data_root=<MVTec-FS images> (got {data_root!r}): the unpacked MVTec-FS image "
-          "archive (<root>/image/<category>/...) or plain MVTec AD (<root>/<category>/test/...). "
+          "archive (<root>/image/<category>/...) or plain MVTec AD (<root>/<category>/test/...)"
+          + (f"; data_dir={config.data_dir!r} holds no prepared category. " if config.get("data_dir") else ". ")
           + data_lib.DATA_HELP)
-    config_root = config.config_root or data_root
-    cats = list(config.categories) or [c for c in data_lib.MVTEC_FS_CATEGORIES
-                                       if _has_config(config_root, c)]
+    config_root = config.config_root or (data_root if has_root else "")
+    found = [c for c in data_lib.MVTEC_FS_CATEGORIES if config_root and _has_config(config_root, c)]
+    cats = list(config.categories) or found + [c for c in prepared if c not in found]
     if not cats:
       raise FileNotFoundError(
           f"No MVTec-FS annotation CSVs (<category>_config1/train.csv) under {config_root!r} (or its CONFIG/); "
@@ -390,6 +437,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   config_lib.require_choice(config, "protocol.precision", adapters.PRECISIONS)
   config_lib.require_positive(config, "protocol.shots", "zip_f.steps", "tip_f.steps")
   config_lib.require_positive(config, "protocol.seeds", "protocol.num_devices", allow_zero=True)
+  config_lib.require(not (config.get("data_dir") and config.source == "official_features"), "data_dir",
+                     "prepared tfds datasets hold images; source=official_features reads feature buffers "
+                     "(--config.features_dir). Leave data_dir empty, or use source=mvtec_fs / synthetic.")
 
 
 def main(argv=None):

@@ -129,6 +129,10 @@ def test_clear_errors(tmp_path):
   from train import config_lib
   with pytest.raises(config_lib.ConfigError, match="Valid presets"):
     C.get_config("imagenet")
+  c = C.get_config("official_features")
+  c.data_dir = str(tmp_path / "tfds")
+  with pytest.raises(config_lib.ConfigError, match="config.data_dir: prepared tfds datasets hold images"):
+    M._validate(c)
 
 
 def test_cli_default_is_demo():

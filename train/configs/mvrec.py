@@ -23,6 +23,13 @@ a rerun with the same --workdir skips the categories already evaluated):
       --config.alpha_clip.visual_ckpt=weights/clip_l14_grit20m_fultune_2xe.pth \
       --config.alpha_clip.clip_ckpt=weights/ViT-L-14.pt
 
+  # the same, reading prepared tfds records (docs/data.md): categories missing from data_dir are
+  # prepared there from data_root/config_root on the first run; later runs need only data_dir.
+  # Features and their cache entries are the same as from the raw files.
+  python -m train.mvrec --config=train/configs/mvrec.py:mvtec_fs --config.data_dir=tfds \
+      --config.data_root=data/MVTec_FS --config.config_root=data/MVTec_FS/CONFIG \
+      --config.alpha_clip.visual_ckpt=weights/clip_l14_grit20m_fultune_2xe.pth
+
 Paper anchors (official logs, ViT-L/14, mean over the 14 MVTec-FS categories, 1/3/5-shot):
 Zip-Adapter 71.71 / 79.50 / 82.87, Zip-Adapter-F 73.65 / 86.05 / 89.70. On the official transistor
 buffers the official_features preset reproduces the official per-sampling accuracies of the
@@ -44,6 +51,7 @@ def _base() -> ml_collections.ConfigDict:
   c.features_dir = ""             # official_features: directory of the official .pt buffers
   c.categories = ()               # () = every category found
   c.cache_dir = ""                # feature cache ("" -> <workdir>/features)
+  c.data_dir = ""                 # prepared tfds datasets (docs/data.md; prepared from data_root on first use)
 
   c.views = ml_collections.ConfigDict()
   c.views.method = "mso"          # the 27 official multi-scale/offset views
