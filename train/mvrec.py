@@ -6,6 +6,8 @@ images and an AlphaCLIP checkpoint (`mvtec_fs`), or read from official MVREC fea
 (`official_features`) -- then K in {1, 3, 5} x seeds 0..4 samplings of every classifier, with
 and without multi-view fusion. Writes `results.json` (per-sampling values, mean, std), a
 printed table, `results.txt`, `metrics.jsonl` and `confusion/<category>_<classifier>.png`.
+With `--config.data_dir` the images come from prepared tfds datasets (docs/data.md; prepared
+from the raw layout on first use): the same features, cache entries and results.
 See train/configs/mvrec.py for the commands.
 """
 from __future__ import annotations
