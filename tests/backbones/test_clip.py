@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backbones_testlib import hf_to_openai, torch_features  # noqa: E402  pylint: disable=g-import-not-at-top
+from backbones_testlib import WIDTH, hf_to_openai, torch_features  # noqa: E402  pylint: disable=g-import-not-at-top
 
 TOL = 1e-5
 
@@ -219,6 +219,50 @@ def test_corrupt_weight_files_name_the_file_and_format(tmp_path, torch_clip):
   (d / "config.json").write_text("{not json")
   with pytest.raises(convert.CheckpointFormatError, match=r"config.json is not valid JSON"):
     clip.load_clip(str(d))
+
+
+def test_lcdh_teacher_from_openai_pt_with_a_separate_tokenizer(tmp_path):
+  """train.lcdh with clip.name=<OpenAI .pt> and clip.tokenizer=<BPE dir>: the .pt is never used as
+  the tokenizer directory, and the text features are the .pt model on the given tokenizer's ids."""
+  import transformers
+  from backbones_jax.tokenizer import CLIPTokenizer
+  from lcdh_jax import data as data_lib
+  from lcdh_jax import synthetic
+  from train import config_lib, lcdh
+  from train.configs import lcdh as lcdh_config
+  # A tiny OpenAI-format CLIP with OpenAI's 77-token context, and a byte-level BPE vocabulary of
+  # 518 tokens (bytes, bytes</w>, 4 merges, start, end: the end token has the highest id, as
+  # OpenAI's argmax pooling needs).
+  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+  chars = [chr(b) for b in bs] + [chr(256 + n) for n in range(256 - len(bs))]
+  merges = [("p", "h"), ("o", "t"), ("ph", "ot"), ("phot", "o</w>")]
+  vocab = chars + [ch + "</w>" for ch in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+  spec = clip.tiny_clip_spec(width=WIDTH, layers=1, heads=2, image_size=32, patch_size=8,
+                             vocab_size=len(vocab), context_length=77, projection_dim=24)
+  torch.manual_seed(1)
+  hf = transformers.CLIPModel(spec.to_hf_config()).eval()
+  pt = tmp_path / "ViT-tiny.pt"
+  torch.save(hf_to_openai(hf.state_dict(), 1, 1), pt)
+  tok_dir = tmp_path / "tokenizer"
+  tok_dir.mkdir()
+  (tok_dir / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+  (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+  c = lcdh_config.get_config("tiny")
+  c.clip.name, c.clip.batch_size = str(pt), 4
+  with pytest.raises(config_lib.ConfigError, match="holds no tokenizer: pass --config.clip.tokenizer"):
+    lcdh._validate(c)  # pylint: disable=protected-access
+  c.clip.tokenizer = str(tok_dir)
+  lcdh._validate(c)  # pylint: disable=protected-access
+  syn = synthetic.make_synthetic(num_samples=5, image_size=32, seed=0, max_objects=1)
+  d = data_lib.CrossModalData(name="synthetic", images=syn.images, tags=syn.tags,
+                              labels=syn.labels.astype(np.float32), captions=syn.captions)
+  feats = lcdh.clip_features(c, d, str(tmp_path / "wd"))
+  model, params = clip.load_clip(str(pt))
+  ids, mask = CLIPTokenizer(str(tok_dir))(list(d.captions))
+  assert ids.shape == (5, 77) and ids.max() == len(vocab) - 1
+  want = np.asarray(clip.encode_text(model, params, ids, mask))
+  assert feats["text"].shape == (5, 24) and feats["image"].shape == (5, 24)
+  np.testing.assert_allclose(feats["text"], want, rtol=1e-5, atol=1e-5)
 
 
 SMALL = clip.tiny_clip_spec(width=16, layers=1, heads=2, image_size=32, patch_size=8,
