@@ -20,9 +20,11 @@ the mean of the later ones, and the ratio new / current.
   normalised, BoW, labels): ``data.image_dataset`` vs ``record_transform``; and the DCMH
   ``arrays`` layout (images in the .mat) read through ``load_prepared`` (images decoded into
   memory at load, as the raw reader holds ``IAll``) vs the raw reader.
+  ``--lcdh-layouts arrays`` runs that layout only.
 * mvrec: MVTec-FS layout, 256 px PNG images, the 27 ``mso`` views of each instance
   (crop sizes scaled to 64/96/128 px, resized to 112 px): ``data.instance_inputs`` vs
-  ``tfds_builder.record_views``.
+  ``tfds_builder.record_views``, and vs ``features.instance_views`` with
+  ``tfds_builder.image_loader`` (what ``train.mvrec --config.data_dir`` renders).
 * derefl: DSRNet layout (VOC 320x240 PNG, real/nature 320x240 JPEG pairs): ``TrainSampler`` vs
   ``PreparedTrainSampler`` batches of 8 crops of 224 px (items = samples); and the test sets
   (``PairedFolder.load`` vs ``PreparedPairs.load``, aligned to 32 px).
@@ -107,6 +109,8 @@ def bench_lcdh(work: Path, args) -> list[dict]:
     synthetic.write_mat(small, rawa, name="synthetic", layout="arrays")
   nq, nt = n // 10, n // 2
   for layout, root in (("paths", raw), ("arrays", rawa)):
+    if layout not in args.lcdh_layouts:
+      continue
     data_dir = work / f"prepared_lcdh_{layout}"
     shutil.rmtree(data_dir, ignore_errors=True)  # prepare_s: always a fresh preparation
     t0 = time.perf_counter()
@@ -183,8 +187,21 @@ def bench_mvrec(work: Path, args) -> list[dict]:
                             num_threads=threads, prefetch=2 * threads) for s in state["src"]]
     return (x for it in its for x in it)
 
-  return [_row("mvrec", "27 mso views / instance: instance_inputs vs record_views",
-               *_interleaved([current, new], count, args.epochs), prep)]
+  def loaded(e):  # train.mvrec --config.data_dir: load_prepared + image_loader -> features.instance_views
+    from mvrec_jax import features
+    if "cats" not in state:
+      state["cats"] = [(tb.load_prepared(data_dir, c), c) for c in ("weave", "disc")]
+      state["load"] = {c: tb.image_loader(data_dir, c, cat) for cat, c in state["cats"]}
+    insts = [i for cat, _ in state["cats"] for i in cat.train]
+    ds = grain.MapDataset.source(insts).shuffle(seed=e).map(
+        lambda inst: {"index": np.int64(inst.row),
+                      "views": features.instance_views(inst, load_image=state["load"][inst.category], **kw)})
+    return (x for x in ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
+
+  cur, new_, load_ = _interleaved([current, new, loaded], count, args.epochs)
+  return [_row("mvrec", "27 mso views / instance: instance_inputs vs record_views", cur, new_, prep),
+          _row("mvrec", "27 mso views / instance: instance_inputs vs image_loader (train.mvrec path)", cur, load_,
+               prep)]
 
 
 # ----------------------------------------------------------------------------------------- derefl
@@ -263,6 +280,7 @@ def main(argv=None):
   p.add_argument("--threads", type=int, default=2, help="read-ahead threads, the same for both readers")
   p.add_argument("--workdir", default="/tmp/data_pipeline_bench")
   p.add_argument("--lcdh-items", type=int, default=1000)
+  p.add_argument("--lcdh-layouts", nargs="+", default=["paths", "arrays"], choices=["paths", "arrays"])
   p.add_argument("--mvrec-per-class", type=int, default=8)
   p.add_argument("--derefl-voc", type=int, default=200)
   p.add_argument("--derefl-steps", type=int, default=16)
