@@ -23,6 +23,7 @@ def test_lcdh_prepared_equals_raw_reader(tmp_path, layout):
   assert len(got) == len(ref) == 24
   assert (got.images is not None) == (layout == "arrays")  # in memory exactly when the raw reader holds it
   if layout == "arrays":
+    assert ref.images.flags.c_contiguous  # loadmat gives Fortran order; the reader copies it once
     lazy = tb.load_prepared(tmp_path / "prep", "synthetic", images_in_memory=False)
     assert lazy.images is None and all(np.array_equal(lazy.image(i, 16), ref.image(i, 16)) for i in range(3))
   np.testing.assert_array_equal(got.tags, ref.tags)
