@@ -97,6 +97,8 @@ def _no_tf_worker(work: Path) -> dict:
     ds = data_pipeline.make_dataset(src, transform=fn, seed=0, num_epochs=1, process_index=0, process_count=1)
     counts[f"{name}:{split}"] = sum(1 for _ in data_pipeline.make_iterator(ds, num_threads=2))
   lcdh_tfds.load_prepared(data_dir, "synthetic").image(0, 16)
+  weave = mvrec_tfds.load_prepared(data_dir, "weave")  # the train.mvrec --config.data_dir route
+  counts["mvrec_images"] = sum(1 for i in weave.train if mvrec_tfds.image_loader(data_dir, "weave", weave)(i).size)
   counts["test_sets"] = sum(len(v) for v in derefl_tfds.test_sets(data_dir).values())
   return {"counts": counts, "tensorflow": "tensorflow" in sys.modules,
           "tf_modules": sorted(m for m in sys.modules if m == "tensorflow" or m.startswith("tensorflow."))}

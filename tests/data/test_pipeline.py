@@ -105,7 +105,7 @@ def test_prepare_and_read_never_import_tensorflow(tmp_path):
   assert out["counts"] == {"lcdh_cross_modal/synthetic:query": 4, "lcdh_cross_modal/synthetic:database": 20,
                            "mvrec_mvtec_fs/weave:train": 8, "mvrec_mvtec_fs/weave:valid": 4,
                            "derefl_reflection/voc2012:train": 4, "derefl_reflection/train_pairs:real": 3,
-                           "derefl_reflection/sir2:wild": 2, "test_sets": 12}
+                           "derefl_reflection/sir2:wild": 2, "test_sets": 12, "mvrec_images": 8}
 
 
 @pytest.mark.timeout(300)
