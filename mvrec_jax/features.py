@@ -6,8 +6,9 @@
   it in ONE call.
 * :func:`extract_features` renders the views of many instances (``data.instance_inputs``, host
   threads; ``load_image=`` takes the decoded images from elsewhere, e.g. prepared tfds records via
-  ``tfds_builder.image_loader``, the views still rendered here), encodes fixed-size batches with the jitted encoder (host work for the next batch
-  overlaps the device work of the current one), shows tqdm progress, and caches the result as
+  ``tfds_builder.image_loader``, the views still rendered here), encodes fixed-size batches with
+  the jitted encoder (host work for the next batch overlaps the device work of the current one),
+  shows tqdm progress, and caches the result as
   ``<cache_dir>/<dataset>__<backbone>__<split>__<hash>.npz`` with a ``.json`` key next to it (the
   key covers the view preprocessing version, so features of older views are never served).
 * :func:`load_official_features` reads the official MVREC feature buffers (torch pickles of a list
