@@ -377,6 +377,8 @@ def load_dsrnet(path: str | os.PathLike, preset: str | None = None, *, vgg_weigh
   """
   from backbones_jax import vgg as vgg_lib
 
+  if vgg_weights is not False and not isinstance(vgg_weights, Mapping):
+    vgg_weights = resolve_vgg_weights(vgg_weights)  # fail fast, before reading a large checkpoint
   sd, meta = read_state_dict(path)
   variant, fields = infer_variant(sd)
   if preset is not None:
@@ -395,7 +397,7 @@ def load_dsrnet(path: str | os.PathLike, preset: str | None = None, *, vgg_weigh
   elif isinstance(vgg_weights, Mapping):
     _, vgg_params = vgg_lib.load_torchvision_vgg(vgg_weights, 19)
   else:
-    _, vgg_params = vgg_lib.load_torchvision_vgg(str(resolve_vgg_weights(vgg_weights)), 19)
+    _, vgg_params = vgg_lib.load_torchvision_vgg(str(vgg_weights), 19)
   info = dict(meta, variant=variant, fields=fields)
   return model, trainable, {"vgg": vgg_params}, info
 
