@@ -351,17 +351,20 @@ def default_vgg_path() -> Path:
   return Path(torch_home) / "hub" / "checkpoints" / VGG19_FILE
 
 
-def resolve_vgg_weights(vgg_weights: str | os.PathLike | None) -> Path:
-  """The VGG19 weights file: ``vgg_weights`` if given, else torchvision's cache; clear error if neither exists."""
+def resolve_vgg_weights(vgg_weights: str | os.PathLike | None, *, flag: str = "--vgg_weights") -> Path:
+  """The VGG19 weights file: ``vgg_weights`` if given, else torchvision's cache; clear error if neither exists.
+
+  ``flag``: how the user passes the path (named in the messages).
+  """
   if vgg_weights:
     p = Path(vgg_weights).expanduser()
     if not p.is_file():
-      raise FileNotFoundError(f"--vgg_weights {p} does not exist (expected torchvision's {VGG19_FILE}, {VGG19_URL}).")
+      raise FileNotFoundError(f"{flag} {p} does not exist (expected torchvision's {VGG19_FILE}, {VGG19_URL}).")
     return p
   p = default_vgg_path()
   if not p.is_file():
     raise FileNotFoundError(
-        f"DSRNet needs torchvision's VGG19 weights for its prior: pass --vgg_weights PATH, or put {VGG19_FILE} "
+        f"This model needs torchvision's VGG19 weights (its prior / perceptual loss): pass {flag} PATH, or put {VGG19_FILE} "
         f"where torchvision caches it ({p}; set by $TORCH_HOME, default ~/.cache/torch). Download: {VGG19_URL}")
   return p
 

@@ -374,15 +374,17 @@ class FeaturePyramidVGG(nn.Module):
   """
   out_channels: int = 64
   shared_b: bool = False
+  remat: bool = False  # recompute MuGI activations in the backward pass (less memory)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x01: Array, feats: Sequence[Array]) -> tuple[Array, Array]:
     vf1, vf2, vf3, vf4, vf5 = feats
     dt, sb = self.dtype, self.shared_b
+    block = nn.remat(MuGIBlock) if self.remat else MuGIBlock
 
     def mugi(name, t, r=None):
-      return MuGIBlock(shared_b=sb, dtype=dt, name=name)(t, t if r is None else r)
+      return block(shared_b=sb, dtype=dt, name=name)(t, t if r is None else r)
 
     def both(layer, t, r):
       return layer(t), layer(r)
@@ -474,6 +476,7 @@ class ReflectionRemovalNet(nn.Module):
   prior_normalize: bool = True    # ImageNet-normalise the prior's input (DSRNet: False)
   shared_b: bool = False          # MuGI: one b for both streams (DSRNet-L)
   lrm_blocks: Sequence[int] = ()  # DSRNet LRM (n_inter, n_merge); () = none
+  remat: bool = False             # rematerialise MuGI blocks in the backward pass (training memory)
   dtype: Any = jnp.float32
 
   def _heads(self, level: int, c: int) -> int:
@@ -521,17 +524,18 @@ class ReflectionRemovalNet(nn.Module):
       prior = VGGPrior(self.prior_taps, self.vgg_width_divisor, self.prior_normalize, name="prior")(x01)
     inject = self.use_prior and self.stem == "conv"
     if self.stem == "vgg_pyramid":
-      t, r = FeaturePyramidVGG(self.width, self.shared_b, dtype=dt, name="pyramid")(
+      t, r = FeaturePyramidVGG(self.width, self.shared_b, self.remat, dtype=dt, name="pyramid")(
           x01, [prior[k] for k in self.prior_taps])
     else:
       t = r = _conv(self.width, 3, name="intro", dtype=dt)(x01)
     c = self.width
     skips = []
+    mugi_block = nn.remat(MuGIBlock) if self.remat else MuGIBlock
     for lvl, n in enumerate(self.enc_blocks):
       if inject and lvl + 1 <= 5:  # VGG19 has taps relu1_1 .. relu5_1
         t, r = PriorInjection(dtype=dt, name=f"prior_in{lvl}")(t, r, prior[f"relu{lvl + 1}_1"])
       for i in range(n):
-        t, r = MuGIBlock(self.shared_b, dtype=dt, name=f"enc{lvl}_{i}")(t, r)
+        t, r = mugi_block(self.shared_b, dtype=dt, name=f"enc{lvl}_{i}")(t, r)
       if self.attention:
         t, r = ComplementarityAttention(self._heads(lvl, c), dtype=dt, name=f"enc{lvl}_ica")(t, r)
       skips.append((t, r))
@@ -541,7 +545,7 @@ class ReflectionRemovalNet(nn.Module):
     if inject and levels + 1 <= 5:
       t, r = PriorInjection(dtype=dt, name="prior_mid")(t, r, prior[f"relu{levels + 1}_1"])
     for i in range(self.middle_blocks):
-      t, r = MuGIBlock(self.shared_b, dtype=dt, name=f"mid_{i}")(t, r)
+      t, r = mugi_block(self.shared_b, dtype=dt, name=f"mid_{i}")(t, r)
     if self.attention:
       t, r = ComplementarityAttention(self._heads(levels, c), dtype=dt, name="mid_ica")(t, r)
     for j, n in enumerate(self.dec_blocks):
@@ -551,7 +555,7 @@ class ReflectionRemovalNet(nn.Module):
       c //= 2
       t, r = t + skips[lvl][0], r + skips[lvl][1]
       for i in range(n):
-        t, r = MuGIBlock(self.shared_b, dtype=dt, name=f"dec{lvl}_{i}")(t, r)
+        t, r = mugi_block(self.shared_b, dtype=dt, name=f"dec{lvl}_{i}")(t, r)
       if self.attention:
         t, r = ComplementarityAttention(self._heads(lvl, c), dtype=dt, name=f"dec{lvl}_ica")(t, r)
     aux = {"prior": prior}

@@ -91,7 +91,7 @@ def vgg_weights_path(config: ml_collections.ConfigDict, model: models.Reflection
   needs_real = config.data.source != "demo" or model.stem == "vgg_pyramid"
   needs_vgg = model.use_prior or float(config.loss.vgg) > 0
   if config.vgg_weights or (needs_vgg and needs_real):
-    return str(dsrnet_weights.resolve_vgg_weights(config.vgg_weights or None))
+    return str(dsrnet_weights.resolve_vgg_weights(config.vgg_weights or None, flag="--config.vgg_weights"))
   return None
 
 
