@@ -9,7 +9,12 @@ Flickr-like *tags*: the colour, shape and texture words, each dropped with proba
 ``tag_drop`` or replaced by a synonym, plus ``noise_tags`` random distractor words; the tag
 bag-of-words ``YAll`` is over a fixed vocabulary of ``V = len(TAG_VOCAB)`` words. Like real tags,
 the bag loses which colour goes with which shape. A caption string (``"red circle blue square on stripes"`` plus
-the noise words) is what the CLIP text tower encodes.
+the noise words) is what the CLIP text tower encodes; every caption word is in ``CAPTION_WORDS``
+(a fixed vocabulary, so a word tokenizer built on it is the same for every draw of the data).
+
+``seed`` may be an int or a sequence of ints (``numpy.random.default_rng`` semantics): ``seed=s``
+(the demo's data) and ``seed=(s, PRETRAIN_STREAM)`` (the corpus the demo's tiny CLIP is pretrained
+on, ``lcdh_jax.pretrain``) are independent random streams, so the two sets are different draws.
 
 Two on-disk layouts (both read back by ``lcdh_jax.data``):
 
@@ -33,8 +38,8 @@ import scipy.io
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-__all__ = ["SHAPES", "COLOURS", "TEXTURES", "LABEL_NAMES", "TAG_VOCAB", "SyntheticData",
-           "make_synthetic", "write_mat"]
+__all__ = ["SHAPES", "COLOURS", "TEXTURES", "LABEL_NAMES", "TAG_VOCAB", "CAPTION_WORDS",
+           "PRETRAIN_STREAM", "SyntheticData", "make_synthetic", "write_mat"]
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220),
@@ -49,6 +54,8 @@ _NOISE = ("photo", "nikon", "canon", "sky", "2008", "me", "friends", "art", "lig
           "travel", "city", "macro", "flickr", "bw", "nature", "cute", "love", "summer", "winter",
           "trip", "old", "new", "happy", "sun", "tree", "water", "street", "family", "dog")
 TAG_VOCAB = _WORDS + tuple(_SYNONYMS[k] for k in _WORDS) + _NOISE
+CAPTION_WORDS = TAG_VOCAB + ("on",)  # every word a caption can contain
+PRETRAIN_STREAM = 1  # make_synthetic(seed=(s, PRETRAIN_STREAM)): the CLIP pretraining corpus
 
 
 @dataclasses.dataclass
@@ -91,15 +98,16 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
     draw.rectangle((x0, y0 + w, x1, y1 - w), fill=colour)
 
 
-def make_synthetic(*, num_samples: int, image_size: int = 32, seed: int = 0,
+def make_synthetic(*, num_samples: int, image_size: int = 32, seed: int | tuple[int, ...] = 0,
                    max_objects: int = 2, tag_drop: float = 0.2, noise_tags: int = 2,
-                   synonym_prob: float = 0.3, show_progress: bool = True) -> SyntheticData:
-  """Render ``num_samples`` image-tag-label triples (deterministic in ``seed``)."""
+                   synonym_prob: float = 0.3, object_size: tuple[float, float] = (0.25, 0.5),
+                   show_progress: bool = True) -> SyntheticData:
+  """Render ``num_samples`` image-tag-label triples (deterministic in ``seed``, an int or ints)."""
   if num_samples <= 0:
     raise ValueError(f"num_samples must be > 0; got {num_samples}.")
   if image_size < 16:
     raise ValueError(f"image_size must be >= 16 pixels; got {image_size}.")
-  rng = np.random.default_rng(seed)
+  rng = np.random.default_rng(list(seed) if isinstance(seed, (tuple, list)) else seed)
   colour_names = list(COLOURS)
   vocab_index = {w: i for i, w in enumerate(TAG_VOCAB)}
   lab_index = {w: i for i, w in enumerate(LABEL_NAMES)}
@@ -115,7 +123,7 @@ def make_synthetic(*, num_samples: int, image_size: int = 32, seed: int = 0,
     for _ in range(rng.integers(1, max_objects + 1)):
       shape = SHAPES[rng.integers(len(SHAPES))]
       colour = colour_names[rng.integers(len(colour_names))]
-      s = rng.integers(image_size // 4, image_size // 2 + 1)
+      s = rng.integers(int(image_size * object_size[0]), int(image_size * object_size[1]) + 1)
       x0, y0 = rng.integers(0, image_size - s, size=2)
       _draw(draw, shape, (int(x0), int(y0), int(x0 + s), int(y0 + s)), COLOURS[colour])
       objects.append((colour, shape))
