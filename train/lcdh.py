@@ -167,13 +167,16 @@ def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
       import hashlib
       import json
       pkey = json.dumps(dataclasses.asdict(pcfg), sort_keys=True)
-      model_key += (f"-patch{patch}-pretrained-"
+      tower = config.clip.get("tiny_image_tower", "vit")
+      tower += "".join(f"-{w}" for w in config.clip.tiny_cnn_widths) if tower == "cnn" else ""
+      model_key += (f"-{tower}-patch{patch}-pretrained-"
                     f"{hashlib.sha1(pkey.encode()).hexdigest()[:10]}")
   else:
     model_key = config.clip.name
   cache_dir = config.cache_dir or os.path.join(workdir, "features")
 
   def compute():
+    from lcdh_jax import pretrain as pretrain_enc  # encoders of CLIP and of the demo's ConvCLIP
     tok = _tokenizer(config, d.captions)
     if config.clip.name == "tiny":
       spec = clip_lib.tiny_clip_spec(width=config.clip.tiny_width, layers=config.clip.tiny_layers,
@@ -189,10 +192,12 @@ def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
         # stream), once per setting: cached in clip.pretrain.cache_dir (default <workdir>/clip).
         from lcdh_jax import pretrain as pretrain_lib
         pdir = config.clip.pretrain.get("cache_dir", "") or os.path.join(workdir, "clip")
+        cnn = (tuple(config.clip.tiny_cnn_widths)
+               if config.clip.get("tiny_image_tower", "vit") == "cnn" else None)
         model, params, _ = pretrain_lib.pretrained_tiny_clip(
             spec, pcfg, cache_dir=pdir if parallel.is_main_process() else None,
             init_seed=pcfg.seed, context_length=16, show_progress=_interactive(),
-            log=lambda m: print(m, flush=True))
+            log=lambda m: print(m, flush=True), cnn_widths=cnn)
     else:
       model, params = clip_lib.load_clip(config.clip.name)
     size = model.spec.vision.image_size
@@ -204,8 +209,8 @@ def clip_features(config: ml_collections.ConfigDict, d: data_lib.CrossModalData,
 
     return features_lib.compute_clip_features(
         get_images=get_images, captions=d.captions,
-        encode_image=lambda x: clip_lib.encode_image(model, params, x),
-        encode_text=lambda ids, m: clip_lib.encode_text(model, params, ids, m),
+        encode_image=lambda x: pretrain_enc.encode_image(model, params, x),
+        encode_text=lambda ids, m: pretrain_enc.encode_text(model, params, ids, m),
         tokenize=lambda texts: tok(list(texts)), batch_size=config.clip.batch_size)
 
   return features_lib.cached_clip_features(
@@ -255,12 +260,23 @@ def train_teacher(config, bits: int, feats: dict[str, np.ndarray], d: data_lib.C
             "labels": d.labels[idx]}
 
   tdir = os.path.join(workdir, f"K{bits}", "teacher")
+  # Without a terminal the tqdm bar is off: print about 5 progress lines instead.
+  print(f"teacher K={bits}: {tc.steps} steps of {bs} on {train_idx.size} items (first step "
+        f"compiles)", flush=True)
+  t0, every, printed = time.time(), max(1, tc.steps // 5), [0]
+
+  def on_log(step, host):
+    if not _interactive() and (step - printed[0] >= every or step == tc.steps):
+      printed[0] = step
+      print(f"  teacher K={bits} step {step}/{tc.steps}: loss {float(host['loss']):.4f} "
+            f"({time.time() - t0:.0f} s)", flush=True)
+
   state = fit(state=state, train_step=functools.partial(online.teacher_train_step, teacher=teacher,
                                                         cfg=cfg),
               batch_fn=batch_fn, num_steps=tc.steps, workdir=tdir, mesh=mesh,
               checkpoint_every=config.checkpoint.every_steps,
               max_to_keep=config.checkpoint.max_to_keep, log_every=config.log_every_steps,
-              desc=f"teacher K={bits}")
+              desc=f"teacher K={bits}", on_log=on_log)
   return teacher, parallel.to_host(state.params)
 
 

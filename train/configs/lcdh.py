@@ -165,6 +165,22 @@ def demo() -> ml_collections.ConfigDict:
   c.stream.num_anchors = 96
   c.clip.name = "tiny"
   c.clip.batch_size = 100
+  c.clip.tiny_patch_size = 8      # 16 patches of 8x8 at 32 px (ViT tower only)
+  c.clip.tiny_image_tower = "cnn"  # "cnn": small conv net (lcdh_jax.pretrain.ConvCLIP) | "vit"
+  c.clip.tiny_cnn_widths = (16, 32, 64)
+  # The tiny CLIP is pretrained (symmetric InfoNCE, lcdh_jax.pretrain) on a synthetic
+  # image-caption corpus disjoint from the demo data, then cached; steps=0: random weights.
+  c.clip.pretrain = ml_collections.ConfigDict()
+  c.clip.pretrain.steps = 600
+  c.clip.pretrain.batch_size = 128
+  c.clip.pretrain.lr = 3e-3
+  c.clip.pretrain.weight_decay = 0.05
+  c.clip.pretrain.warmup_steps = 40
+  c.clip.pretrain.num_samples = 4000
+  c.clip.pretrain.image_size = 32
+  c.clip.pretrain.max_objects = 2
+  c.clip.pretrain.seed = 0         # corpus stream (seed, 1) and init; not the run's seed
+  c.clip.pretrain.cache_dir = ""   # "" -> <workdir>/clip
   c.teacher.width = 64
   c.teacher.num_heads = 4
   c.teacher.steps = 1000
@@ -198,6 +214,11 @@ def tiny() -> ml_collections.ConfigDict:
   c.clip.tiny_width = 32
   c.clip.tiny_projection_dim = 32
   c.clip.batch_size = 120
+  c.clip.tiny_cnn_widths = (8, 16, 32)
+  c.clip.pretrain.steps = 60       # a smoke run: the pipeline, not a useful CLIP
+  c.clip.pretrain.batch_size = 64
+  c.clip.pretrain.num_samples = 640
+  c.clip.pretrain.warmup_steps = 40  # shorter warmups collapsed the embeddings
   c.teacher.width = 32
   c.teacher.steps = 100
   c.teacher.batch_size = 32
