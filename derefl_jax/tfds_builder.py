@@ -110,7 +110,7 @@ class DereflReflection(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=f"Reflection removal, {name}: images of the DSRNet data layout read by derefl_jax.data.",
-        features=tfds.features.FeaturesDict(feats), homepage="https://arxiv.org/abs/2505.12641",
+        features=tfds.features.FeaturesDict(feats), homepage="https://arxiv.org/abs/2505.12641v1",
         license=LICENSES[name], metadata=tfds.core.MetadataDict(), disable_shuffling=True)
 
   def _encoded(self, path) -> bytes:

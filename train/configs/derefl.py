@@ -1,4 +1,4 @@
-"""Reflection removal by inter-layer complementarity (Huang et al., arXiv 2505.12641): `python -m train.derefl`.
+"""Reflection removal by inter-layer complementarity (Huang et al., arXiv 2505.12641v1): `python -m train.derefl`.
 
 Presets (select with `--config=train/configs/derefl.py:<preset>`; override any field with
 `--config.<key>=<value>`):
