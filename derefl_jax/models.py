@@ -14,7 +14,10 @@ Components (one module each):
 * :class:`HighFrequencyBlock` -- ``G(T, R_low) -> (h, R_high)``.
 * :class:`InverseModulation` -- both streams scaled by ``1 - s * sigmoid(W h)``.
 * :class:`VGGPrior` + :class:`PriorInjection` -- frozen VGG19 taps injected in the encoder.
-* :class:`ReflectionRemovalNet` -- the whole network: ``apply(variables, I01) -> (out, aux)``.
+* :class:`FeaturePyramidVGG`, :class:`LRM` -- DSRNet's stem and residual head.
+* :class:`ReflectionRemovalNet` -- the whole network: ``apply(variables, I01) -> (out, aux)``; exact
+  DSRNet is its ``dsrnet_l`` / ``dsrnet_l_nature`` / ``dsrnet_s`` presets (options, not a copy; weights
+  from the official ``.pt`` files: :mod:`derefl_jax.dsrnet_weights`).
 
 Typical use::
 
