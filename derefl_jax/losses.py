@@ -22,7 +22,7 @@ Array = jax.Array
 VGG_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 VGG_TAP_WEIGHTS = (1.0 / 2.6, 1.0 / 4.8, 1.0 / 3.7, 1.0 / 5.6, 10.0 / 1.5)
 
-DEFAULT_LOSS_CONFIG: dict[str, float | int] = {
+DEFAULT_LOSS_CONFIG: dict[str, float | int | str] = {
     "t_pixel": 1.0,          # 0.3 MSE + 0.6 gradient L1 on T
     "r_pixel": 1.0,          # same on R = R_low + R_high (only where a reflection target exists)
     "vgg": 0.01,             # perceptual loss on T (DSRNet lambda_vgg)
@@ -33,7 +33,12 @@ DEFAULT_LOSS_CONFIG: dict[str, float | int] = {
     "mean_kernel": 11,       # size of the mean filter M (odd)
     "exclusion_levels": 3,
     "low_freq_grad": 1.0,    # weight of the gradient term inside the low-frequency loss
+    # Which T forms the frequency targets M(I) - M(T) and I - T - (M(I) - M(T)):
+    # "prediction" (the paper, arXiv 2505.12641v1: from T_hat, gradients flow into T_hat through them)
+    # or "ground_truth" (the ground-truth T, no gradient through the target; docs/derefl_model.md).
+    "freq_target": "ground_truth",
 }
+FREQ_TARGETS = ("prediction", "ground_truth")
 
 
 def _check_images(**arrays):
@@ -148,19 +153,28 @@ def high_frequency_target(*, inputs: Array, target_t: Array, kernel_size: int = 
 
 
 def low_frequency_loss(*, r_low: Array, inputs: Array, target_t: Array, kernel_size: int = 11,
-                       grad_weight: float = 1.0) -> Array:
-  """MSE(R_low, M(I) - M(T)) + grad_weight * (MSE of d/dH + MSE of d/dW differences)."""
+                       grad_weight: float = 1.0, differentiate_target: bool = False) -> Array:
+  """MSE(R_low, M(I) - M(T)) + grad_weight * (MSE of d/dH + MSE of d/dW differences).
+
+  ``differentiate_target``: keep the gradient through ``target_t`` (the paper's targets formed from
+  the predicted T); else the target is a constant (stop_gradient).
+  """
   _check_images(r_low=r_low, inputs=inputs, target_t=target_t)
-  target = jax.lax.stop_gradient(low_frequency_target(inputs=inputs, target_t=target_t, kernel_size=kernel_size))
+  target = low_frequency_target(inputs=inputs, target_t=target_t, kernel_size=kernel_size)
+  if not differentiate_target:
+    target = jax.lax.stop_gradient(target)
   px, py = image_gradients(r_low)
   tx, ty = image_gradients(target)
   return jnp.mean((r_low - target) ** 2) + grad_weight * (jnp.mean((px - tx) ** 2) + jnp.mean((py - ty) ** 2))
 
 
-def high_frequency_loss(*, r_high: Array, inputs: Array, target_t: Array, kernel_size: int = 11) -> Array:
-  """mean |R_high - (I - T - (M(I) - M(T)))|."""
+def high_frequency_loss(*, r_high: Array, inputs: Array, target_t: Array, kernel_size: int = 11,
+                        differentiate_target: bool = False) -> Array:
+  """mean |R_high - (I - T - (M(I) - M(T)))| (``differentiate_target`` as in :func:`low_frequency_loss`)."""
   _check_images(r_high=r_high, inputs=inputs, target_t=target_t)
-  target = jax.lax.stop_gradient(high_frequency_target(inputs=inputs, target_t=target_t, kernel_size=kernel_size))
+  target = high_frequency_target(inputs=inputs, target_t=target_t, kernel_size=kernel_size)
+  if not differentiate_target:
+    target = jax.lax.stop_gradient(target)
   return jnp.mean(jnp.abs(r_high - target))
 
 
@@ -191,6 +205,10 @@ def total_loss(*, out: Mapping[str, Array], inputs: Array, target_t: Array, targ
   if missing:
     raise ValueError(f"model output lacks {missing}; expected keys T, R, R_low, R_high.")
   k = int(cfg["mean_kernel"])
+  if cfg["freq_target"] not in FREQ_TARGETS:
+    raise ValueError(f"config['freq_target'] must be one of {FREQ_TARGETS}, got {cfg['freq_target']!r}.")
+  from_pred = cfg["freq_target"] == "prediction"
+  freq_t = out["T"] if from_pred else target_t
   terms: dict[str, Array] = {}
   terms["t_pixel"] = pixel_loss(pred=out["T"], target=target_t)
   if target_r is not None and cfg["r_pixel"]:
@@ -205,11 +223,12 @@ def total_loss(*, out: Mapping[str, Array], inputs: Array, target_t: Array, targ
   if cfg["recons"]:
     terms["recons"] = reconstruction_loss(t=out["T"], r=out["R"], inputs=inputs, residual=residual)
   if cfg["low_freq"]:
-    terms["low_freq"] = low_frequency_loss(r_low=out["R_low"], inputs=inputs, target_t=target_t,
-                                           kernel_size=k, grad_weight=cfg["low_freq_grad"])
+    terms["low_freq"] = low_frequency_loss(r_low=out["R_low"], inputs=inputs, target_t=freq_t, kernel_size=k,
+                                           grad_weight=cfg["low_freq_grad"], differentiate_target=from_pred)
   if cfg["high_freq"]:
-    terms["high_freq"] = high_frequency_loss(r_high=out["R_high"], inputs=inputs, target_t=target_t, kernel_size=k)
-  loss = sum(cfg[name] * value for name, value in terms.items())
+    terms["high_freq"] = high_frequency_loss(r_high=out["R_high"], inputs=inputs, target_t=freq_t, kernel_size=k,
+                                             differentiate_target=from_pred)
+  loss = sum(float(cfg[name]) * value for name, value in terms.items())
   metrics = {f"loss_{name}": value for name, value in terms.items()}
   metrics["loss"] = loss
   return loss, metrics
