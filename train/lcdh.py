@@ -506,6 +506,18 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def save_table_png(table: str, path: str) -> None:
+  """The printed results table (``format_table``) rendered as a monospace PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  lines = table.splitlines()
+  fig = plt.figure(figsize=(0.09 * max(map(len, lines)) + 0.4, 0.17 * len(lines) + 0.3))
+  fig.text(0.02, 0.98, table, family="monospace", fontsize=9, va="top", ha="left")
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_map_per_round(results: dict, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -690,6 +702,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     save_json(os.path.join(workdir, "results.json"), results)
     with open(os.path.join(workdir, "results.txt"), "w") as f:
       f.write(table + "\n")
+    save_table_png(table, os.path.join(workdir, "results_table.png"))
     plot_map_per_round(results, os.path.join(workdir, "map_per_round.png"))
     if final_curves:
       plot_retrieval_curves(final_curves, os.path.join(workdir, "precision_at_n.png"),

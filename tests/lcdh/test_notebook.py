@@ -20,4 +20,5 @@ def test_notebook_runs_with_tiny_settings(tmp_path, monkeypatch):
   text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []))
   assert "student I->T" in text
-  assert (tmp_path / "wd" / "results.json").exists()
+  for name in ("results.json", "results_table.png", "map_per_round.png", "pr_curves.png"):
+    assert (tmp_path / "wd" / name).exists(), name
