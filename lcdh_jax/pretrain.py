@@ -14,6 +14,12 @@ on a corpus drawn like the demo data but from another random stream
 are never seen in pretraining. Captions are tokenized by ``caption_tokenizer``, a word tokenizer
 over the fixed ``synthetic.CAPTION_WORDS`` (the same ids for every draw of the data).
 
+The image tower of the demo's CLIP is ``ConvCLIP``'s small conv net: a ViT tower this small
+learned colour and texture but not the shapes of the synthetic data in a CPU budget (probe and
+supervised measurements in docs/lcdh.md). A warmup of ~40 steps is needed: shorter ones collapsed
+the embeddings (loss stuck at log(batch)).
+
+* ``ConvCLIP``, ``init_model``, ``encode_image``/``encode_text``: the models and their encoders.
 * ``clip_loss``: the symmetric InfoNCE (pure).
 * ``pretrain_clip``: ``steps`` AdamW steps (warmup + cosine) on a corpus; data-parallel over the
   local devices when the batch divides; deterministic in ``seed``.
@@ -116,9 +122,9 @@ def init_model(spec, *, seed: int = 0, cnn_widths: tuple[int, ...] | None = None
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
   """Settings of the contrastive pretraining of the tiny CLIP (all of them key the cache)."""
-  steps: int = 400
+  steps: int = 600
   batch_size: int = 128
-  lr: float = 2e-3
+  lr: float = 3e-3
   weight_decay: float = 0.05
   warmup_steps: int = 40
   num_samples: int = 4000       # corpus size (image-caption pairs)
@@ -317,7 +323,10 @@ def pretrained_tiny_clip(spec, cfg: PretrainConfig, *, cache_dir: str | os.PathL
                          init_seed: int = 0, context_length: int = 16, show_progress: bool = True,
                          cnn_widths: tuple[int, ...] | None = None,
                          log: Callable[[str], None] | None = None) -> tuple[Any, Any, dict]:
-  """A tiny CLIP (``backbones_jax.clip.CLIP(spec)``) pretrained with ``clip_loss``, cached on disk.
+  """A tiny CLIP pretrained with ``clip_loss``, cached on disk.
+
+  ``ConvCLIP(spec, cnn_widths)`` when ``cnn_widths`` is given (the demo), else the ViT
+  ``backbones_jax.clip.CLIP(spec)``.
 
   ``spec`` must use ``caption_tokenizer(context_length)``'s vocabulary (``vocab_size``,
   ``eos_token_id``). The cache key is every field of ``cfg``, the spec, ``init_seed`` and the
