@@ -130,12 +130,12 @@ def main(argv=None):
   ap.add_argument("--dsit_dir", default="", help="checkout of github.com/mingcv/DSIT (omit to skip DSIT)")
   ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
-  res = {}
+  res = {str(s): {"ours": ours(s), "dsrnet_official": dsrnet_official(s)} for s in args.sizes}
+  if args.dsit_dir:  # after DSRNet: both name their package `models`
+    for s in args.sizes:
+      res[str(s)]["dsit_official"] = dsit_official(s, args.dsit_dir)
   for s in args.sizes:
-    r = {"ours": ours(s), "dsrnet_official": dsrnet_official(s)}
-    if args.dsit_dir:
-      r["dsit_official"] = dsit_official(s, args.dsit_dir)
-    res[str(s)] = r
+    r = res[str(s)]
     o, d = r["ours"], r["dsrnet_official"]
     print(f"--- {s}x{s}")
     for k, v in o.items():

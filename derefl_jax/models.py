@@ -1,4 +1,4 @@
-"""Inter-layer complementarity reflection-removal network (Huang et al., arXiv 2505.12641) in Flax.
+"""Inter-layer complementarity reflection-removal network (Huang et al., arXiv 2505.12641v1) in Flax.
 
 Physical model ``I = T + R_low + R_high``. A weight-shared dual-stream encoder-decoder (MuGI
 blocks, DSRNet) carries a transmission stream T and a reflection stream R; inter-layer
@@ -314,11 +314,12 @@ class HighFrequencyBlock(nn.Module):
   num_blocks: int = 1
   kernel_size: int = 11
   out_channels: int = 3
+  features: int | None = None  # width of h (None = the inputs' channel count)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, t: Array, r: Array) -> tuple[Array, Array]:
-    c = t.shape[-1]
+    c = self.features or t.shape[-1]
     # Reflect padding needs kernel_size // 2 < H, W: shrink the filter on very small inputs.
     ks = min(self.kernel_size, 2 * min(t.shape[1], t.shape[2]) - 1)
     hf = jnp.concatenate([high_pass(t, ks), high_pass(r, ks)], axis=-1)
@@ -463,6 +464,11 @@ class ReflectionRemovalNet(nn.Module):
     G and inverse modulation; 0 = off, then ``R_high`` = 0).
   * ``lrm_blocks=(n_inter, n_merge)``: DSRNet's LRM head, output ``RR`` (empty = no LRM).
   * ``t_residual``: ``T = I + ending(f_T)`` (else ``T = ending(f_T)``, as DSRNet).
+  * ``g_position``: ``'before_heads'`` -- G(f_T, f_R) on the decoder's stream features, inverse
+    modulation of those features, then the heads; ``'after_heads'`` (the paper, arXiv 2505.12641v1) --
+    the heads give T_hat and R_low_hat, then G(T_hat, R_low_hat) (high-pass of the two images, width
+    ``width``) gives h and R_high, and h inversely modulates both output layers:
+    ``T = T_hat * (1 - s_T sigmoid(W h))``, ``R_low = R_low_hat * (1 - s_R sigmoid(W h))``.
   """
   width: int = 64
   enc_blocks: Sequence[int] = (2, 2, 4, 8)
@@ -480,6 +486,7 @@ class ReflectionRemovalNet(nn.Module):
   shared_b: bool = False          # MuGI: one b for both streams (DSRNet-L)
   lrm_blocks: Sequence[int] = ()  # DSRNet LRM (n_inter, n_merge); () = none
   remat: bool = False             # rematerialise MuGI blocks in the backward pass (training memory)
+  g_position: str = "before_heads"  # "before_heads" | "after_heads" (the paper): where G sits
   dtype: Any = jnp.float32
 
   def _heads(self, level: int, c: int) -> int:
@@ -507,6 +514,8 @@ class ReflectionRemovalNet(nn.Module):
       raise ValueError(f"stem must be 'conv' or 'vgg_pyramid', got {self.stem!r}.")
     if self.stem == "vgg_pyramid" and (not self.use_prior or self.vgg_width_divisor != 1):
       raise ValueError("stem='vgg_pyramid' needs the full VGG19 prior (use_prior=True, vgg_width_divisor=1).")
+    if self.g_position not in ("before_heads", "after_heads"):
+      raise ValueError(f"g_position must be 'before_heads' or 'after_heads', got {self.g_position!r}.")
     if len(self.lrm_blocks) not in (0, 2):
       raise ValueError(f"lrm_blocks must be () or (n_inter, n_merge), got {tuple(self.lrm_blocks)}.")
     if x01.ndim != 4 or x01.shape[-1] != 3:
@@ -563,7 +572,8 @@ class ReflectionRemovalNet(nn.Module):
         t, r = ComplementarityAttention(self._heads(lvl, c), dtype=dt, name=f"dec{lvl}_ica")(t, r)
     aux = {"prior": prior}
     r_high = None
-    if self.hf_blocks > 0:
+    after = self.g_position == "after_heads"
+    if self.hf_blocks > 0 and not after:
       h, r_high = HighFrequencyBlock(self.hf_blocks, self.hf_kernel, dtype=dt, name="hf")(t, r)
       t, r = InverseModulation(dtype=dt, name="inverse_mod")(t, r, h)
       aux["hf_features"] = h
@@ -575,6 +585,11 @@ class ReflectionRemovalNet(nn.Module):
     t_img, r_low = ending(t), ending(r)
     if self.t_residual:
       t_img = t_img + x01
+    if self.hf_blocks > 0 and after:
+      h, r_high = HighFrequencyBlock(self.hf_blocks, self.hf_kernel, features=self.width, dtype=dt, name="hf")(
+          t_img, r_low)
+      t_img, r_low = InverseModulation(dtype=dt, name="inverse_mod")(t_img, r_low, h)
+      aux["hf_features"] = h
     if r_high is None:
       r_high = jnp.zeros_like(r_low)
     out.update({"T": t_img, "R": r_low + r_high, "R_low": r_low, "R_high": r_high})
@@ -591,8 +606,13 @@ PRESETS: dict[str, dict[str, Any]] = {
                  max_heads=2, vgg_width_divisor=8),
     # A mid-size model (single GPU fine-tuning): real VGG19 prior.
     "base": dict(width=32, enc_blocks=(1, 1, 2, 4), middle_blocks=4, dec_blocks=(1, 1, 1, 1), hf_blocks=1),
-    # Paper scale: DSRNet-L layout with 8 (not 12) middle blocks + ICA + G.
-    "paper": dict(width=64, enc_blocks=(2, 2, 4, 8), middle_blocks=8, dec_blocks=(2, 2, 2, 2), hf_blocks=2),
+    # The paper (arXiv 2505.12641v1): exact DSRNet-L + complementarity attention after every stage + G after the
+    # heads with inverse modulation (train/configs/derefl.py `variant` switches the additions; costs:
+    # docs/derefl_model.md "Cost").
+    "paper": dict(_DSRNET, width=64, enc_blocks=(2, 2, 4, 8), middle_blocks=12, dec_blocks=(2, 2, 2, 2),
+                  lrm_blocks=(2, 4), shared_b=True, attention=True, hf_blocks=2, g_position="after_heads"),
+    # The earlier `paper` layout (prior injected per level, 8 middle blocks, G before the heads, no LRM).
+    "paper_conv": dict(width=64, enc_blocks=(2, 2, 4, 8), middle_blocks=8, dec_blocks=(2, 2, 2, 2), hf_blocks=2),
     # Exact DSRNet (ICCV 2023; official builders models/arch/__init__.py): 124,602,022 params.
     "dsrnet_l": dict(_DSRNET, width=64, enc_blocks=(2, 2, 4, 8), middle_blocks=12, dec_blocks=(2, 2, 2, 2),
                      lrm_blocks=(2, 4), shared_b=True),
@@ -690,15 +710,20 @@ def param_count(tree) -> int:
 
 
 def count_params_and_flops(preset: str | ReflectionRemovalNet = "paper", height: int = 224, width: int = 224, *,
-                           batch: int = 1, compile: bool = True, **overrides) -> dict[str, Any]:
+                           batch: int = 1, compile: bool = False, **overrides) -> dict[str, Any]:
   """Trainable params (frozen VGG excluded) and forward FLOPs from XLA's cost analysis.
 
-  Params come from ``jax.eval_shape(model.init)`` (nothing is allocated). FLOPs are XLA's
-  ``cost_analysis()['flops']`` of the jitted forward (frozen VGG prior included) compiled for
-  the default backend from abstract inputs (``compile=False`` uses the un-optimised HLO
-  estimate, faster); XLA counts a multiply-add as 2 flops, so ``macs = flops / 2``.
+  With the defaults (batch 1, ``compile=False``) this is :func:`derefl_jax.complexity.count`, the one
+  counter every quoted figure comes from (lowered HLO: the same number on every backend).
+  ``compile=True`` reads the compiled estimate of the default backend instead (it changes with
+  backend and XLA flags; never quoted). XLA counts a multiply-add as 2 flops: ``macs = flops / 2``.
   """
   model = build_model(preset, **overrides) if isinstance(preset, str) else preset
+  if batch == 1 and not compile:
+    from derefl_jax import complexity  # pylint: disable=import-outside-toplevel
+    c = complexity.count(model, height, width)
+    return {"preset": preset if isinstance(preset, str) else "custom", "batch": 1, **c,
+            "flops_source": c["source"], "analysis_seconds": c["seconds"]}
   x = jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
   trainable, frozen = split_params(shapes)

@@ -49,16 +49,57 @@ from train import cli, parallel
 from train.checkpoint import Checkpointer
 from train.loop import fit
 from train.metric_writer import progress, save_json
-from train.state import TrainState
+from train.state import TrainState, compile_train_step
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "derefl.py") + ":demo"
 MODEL_FILE = "model.json"
 
 
 # ------------------------------------------------------------------------------------------- model
+# The paper's additions over DSRNet-L as switches (``config.variant``): each field's first value is the
+# paper's reading (arXiv 2505.12641v1), the second today's deliberate alternative (reasons in
+# docs/derefl_model.md "Paper switches"); None = leave the preset as it is. middle_blocks: 12 (DSRNet-L,
+# which the paper builds on) | 8 (the earlier `paper` layout).
+VARIANT_CHOICES: dict[str, tuple[Any, Any]] = {
+    "g_position": ("after_heads", "before_heads"),
+    "freq_target": ("prediction", "ground_truth"),
+    "r_pixel_mask": (False, True),
+    "prior": ("feature_pyramid", "current"),
+    "middle_blocks": (12, 8),
+    "rotation_aug": (True, False),
+    "keep": ("best_val", "last"),
+}
+_PRIOR_FIELDS = {"feature_pyramid": {"stem": "vgg_pyramid", "prior_normalize": False},
+                 "current": {"stem": "conv", "prior_normalize": True}}
+
+
+def variant(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``config.variant`` with the unset (None) switches dropped; values checked against VARIANT_CHOICES."""
+  v = config.get("variant")
+  out = {k: val for k, val in (v.to_dict() if v is not None else {}).items() if val is not None}
+  for k, val in out.items():
+    if k not in VARIANT_CHOICES:
+      raise ValueError(f"unknown config.variant.{k}; valid: {sorted(VARIANT_CHOICES)}.")
+    if k == "middle_blocks":
+      if int(val) < 0:
+        raise ValueError(f"config.variant.middle_blocks must be >= 0, got {val}.")
+    elif val not in VARIANT_CHOICES[k]:
+      raise ValueError(f"config.variant.{k} must be one of {list(VARIANT_CHOICES[k])}, got {val!r}.")
+  return out
+
+
 def model_spec(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """{"preset", "fields"}: the model preset and the non-None field overrides of ``config.model``."""
-  fields = {k: v for k, v in config.model.to_dict().items() if k != "preset" and v is not None}
+  """{"preset", "fields"}: the model preset and the non-None field overrides of ``config.model``
+  (``config.variant``'s g_position / prior / middle_blocks first, explicit ``config.model.*`` win)."""
+  v = variant(config)
+  fields: dict[str, Any] = {}
+  if "g_position" in v:
+    fields["g_position"] = v["g_position"]
+  if "prior" in v:
+    fields.update(_PRIOR_FIELDS[v["prior"]])
+  if "middle_blocks" in v:
+    fields["middle_blocks"] = int(v["middle_blocks"])
+  fields.update({k: val for k, val in config.model.to_dict().items() if k != "preset" and val is not None})
   for k in ("enc_blocks", "dec_blocks", "lrm_blocks"):
     if k in fields:
       fields[k] = list(fields[k]) if isinstance(fields[k], (list, tuple)) else [int(fields[k])]
@@ -164,11 +205,28 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def _synthesis_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   s = config.synthesis
   clean = {"clean_prob": float(s.get("clean_prob", 0.0))}
+  if variant(config).get("rotation_aug"):
+    clean["rotation_aug"] = True
   if s.recipe == "dsrnet":
     return {"recipe": "dsrnet", "pad_mode": s.pad_mode, "screen_prob": float(s.screen_prob), **clean}
   if s.recipe == "zhang":
     return {"recipe": "zhang", **clean}
   raise ValueError(f"synthesis.recipe must be 'dsrnet' or 'zhang', got {s.recipe!r}.")
+
+
+def rotate_batch(rng: jax.Array, *images: jax.Array) -> tuple[jax.Array, ...]:
+  """Each sample of (B, H, H, C) batches rotated by the same random angle in all of them: with
+  probability 1/2 by one of 90/180/270 degrees, else not (DSRNet's paired_data_transforms)."""
+  if images[0].shape[1] != images[0].shape[2]:
+    raise ValueError(f"rotation augmentation needs square crops, got {images[0].shape[1:3]}.")
+  k_rot, k_angle = jax.random.split(rng)
+  n = images[0].shape[0]
+  k = jnp.where(jax.random.bernoulli(k_rot, 0.5, (n,)), jax.random.randint(k_angle, (n,), 1, 4), 0)[:, None, None, None]
+
+  def rot(x):
+    r = [jnp.rot90(x, i, axes=(1, 2)) for i in range(4)]
+    return jnp.where(k == 0, r[0], jnp.where(k == 1, r[1], jnp.where(k == 2, r[2], r[3])))
+  return tuple(rot(x) for x in images)
 
 
 def make_inputs(batch: Mapping[str, jax.Array], rng: jax.Array, syn_kwargs: Mapping[str, Any]
@@ -177,9 +235,11 @@ def make_inputs(batch: Mapping[str, jax.Array], rng: jax.Array, syn_kwargs: Mapp
 
   ``clean_prob`` in ``syn_kwargs``: that share of the synthetic rows gets no reflection (I = T,
   R = 0), so the model also learns to leave a clean photo alone (see docs/derefl.md, demo).
+  ``rotation_aug``: every pair rotated by a random multiple of 90 degrees (config.variant).
   """
   syn_kwargs = dict(syn_kwargs)
   clean_prob = float(syn_kwargs.pop("clean_prob", 0.0))
+  rotation = bool(syn_kwargs.pop("rotation_aug", False))
   key_syn, key_clean = jax.random.split(rng)
   syn = synthesis.synthesize_batch(key_syn if clean_prob else rng, batch["t"], batch["r"], **syn_kwargs)
   blended, reflection = syn["blended"], syn["reflection"]
@@ -190,20 +250,28 @@ def make_inputs(batch: Mapping[str, jax.Array], rng: jax.Array, syn_kwargs: Mapp
   m = batch["synthetic"][:, None, None, None]
   inputs = jnp.where(m, blended, batch["blended"])
   target_r = jnp.where(m, reflection, batch["r"])
-  return inputs, batch["t"], target_r, batch["synthetic"].astype(jnp.float32)
+  target_t = batch["t"]
+  if rotation:
+    inputs, target_t, target_r = rotate_batch(jax.random.fold_in(rng, 90), inputs, target_t, target_r)
+  return inputs, target_t, target_r, batch["synthetic"].astype(jnp.float32)
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], rng: jax.Array, *,
                model: models.ReflectionRemovalNet, loss_config: Mapping[str, Any], vgg_apply,
-               syn_kwargs: Mapping[str, Any]) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One Adam step on a batch: synthesis on the device, forward, ``losses.total_loss``, update."""
+               syn_kwargs: Mapping[str, Any], r_pixel_mask: bool = True) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One Adam step on a batch: synthesis on the device, forward, ``losses.total_loss``, update.
+
+  ``r_pixel_mask``: the R pixel loss only on synthetic rows (real pairs' R = clip(I - T) is not a
+  clean layer); False = on every row (the paper's reading).
+  """
   syn_key, _ = jax.random.split(rng)
   inputs, target_t, target_r, has_r = make_inputs(batch, syn_key, syn_kwargs)
   vgg_params = state.frozen.get("vgg") if vgg_apply is not None else None
 
   def loss_fn(params):
     out, _ = model.apply({"params": models.merge_params(params, state.frozen)}, inputs)
-    loss, terms = losses.total_loss(out=out, inputs=inputs, target_t=target_t, target_r=target_r, r_mask=has_r,
+    loss, terms = losses.total_loss(out=out, inputs=inputs, target_t=target_t, target_r=target_r,
+                                    r_mask=has_r if r_pixel_mask else None,
                                     residual=out.get("RR"),  # DSRNet: recons = L1(T + R + RR, I)
                                     vgg_apply=vgg_apply, vgg_params=vgg_params, config=loss_config)
     return loss, (terms, out["T"])
@@ -368,7 +436,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t_start = time.time()
   model = build(config)
   _check_paper_inputs(config, model)
+  var = variant(config)
   loss_config = {k: v for k, v in config.loss.to_dict().items()}
+  if "freq_target" in var:
+    loss_config["freq_target"] = var["freq_target"]
   syn_kwargs = _synthesis_kwargs(config)
   mesh = parallel.make_mesh()
   batch_fn = _batch_fn(config, mesh)  # file layout errors surface here, before compiling
@@ -395,19 +466,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                             frozen=frozen)
   vgg_apply = models.perceptual_vgg_apply(model) if float(config.loss.vgg) > 0 else None
   step = functools.partial(train_step, model=model, loss_config=loss_config, vgg_apply=vgg_apply,
-                           syn_kwargs=syn_kwargs)
+                           syn_kwargs=syn_kwargs, r_pixel_mask=bool(var.get("r_pixel_mask", True)))
   ckpt = Checkpointer(workdir, max_to_keep=config.checkpoint.max_to_keep, every_steps=config.checkpoint.every_steps)
+  fwd = predict_lib.make_forward(model)  # shared with derefl_jax.predict (same compiled functions)
+  mult = model.size_multiple
   t_train = time.time()
-  state = fit(state=state, train_step=step, batch_fn=batch_fn, num_steps=config.num_steps, workdir=workdir,
-              mesh=mesh, checkpointer=ckpt, checkpoint_every=config.checkpoint.every_steps,
-              log_every=config.log_every_steps, desc="train derefl")
+  fit_kw = dict(train_step=step, batch_fn=batch_fn, workdir=workdir, mesh=mesh, checkpointer=ckpt,
+                checkpoint_every=config.checkpoint.every_steps, log_every=config.log_every_steps, desc="train derefl")
+  kept = None
+  if var.get("keep", "last") == "best_val":
+    state, kept = _train_keep_best(config, state, fit_kw, fwd, mult, test_folders if config.data.source == "files" else None)
+  else:
+    state = fit(state=state, num_steps=config.num_steps, **fit_kw)
   ckpt.close()
   train_seconds = time.time() - t_train
 
   # ---- evaluation (host copy of the params, default device)
   params = jax.device_get(models.merge_params(state.params, state.frozen))
-  fwd = predict_lib.make_forward(model)  # shared with derefl_jax.predict (same compiled functions)
-  mult = model.size_multiple
+  if kept is not None:
+    params = kept["params"]
   results, grids = {}, {}
   rows = int(config.eval.grid_rows)
   if config.data.source == "demo":
@@ -423,6 +500,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = {
       "preset": config.get("preset", ""), "model_preset": config.model.preset, "trainable_params": n_params,
       "steps": int(jax.device_get(state.step)), "train_seconds": round(train_seconds, 1),
+      "variant": var, "kept_step": int(kept["step"]) if kept is not None else int(jax.device_get(state.step)),
+      "val_history": kept["history"] if kept is not None else [],
       "total_seconds": round(time.time() - t_start, 1), "devices": len(mesh.devices.flat),
       "test_sets": results,
       "beats_identity": {k: bool(v["psnr"] > v["identity_psnr"] and v["ssim"] > v["identity_ssim"])
@@ -441,6 +520,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return summary
 
 
+def _validation_set(config: ml_collections.ConfigDict, test_folders) -> tuple[np.ndarray, np.ndarray]:
+  """Validation pairs for keep=best_val: demo -> synthetic mixes of the demo's held-out photos under
+  another seed than the test mixes; files -> the first test set (as DSRNet's recipe selects its epoch)."""
+  if test_folders is None:
+    ev = demo_data.demo_eval_set(num_pairs=config.data.eval_pairs, crop=config.data.eval_crop, seed=config.seed + 1000,
+                                 recipe=config.synthesis.recipe)
+    return ev["input"], ev["T"]
+  return next(iter(test_folders.values()))
+
+
+def _train_keep_best(config, state, fit_kw, fwd, mult, test_folders):
+  """Trains in chunks of ``eval.every_steps``, scores PSNR on the validation set after each chunk and
+  keeps the best parameters (keep=best_val) -> (last state, {"params", "step", "psnr", "history"})."""
+  every = int(config.eval.get("every_steps", 0)) or max(1, config.num_steps // 4)
+  val = _validation_set(config, test_folders)
+  ends = sorted(set(list(range(every, config.num_steps, every)) + [config.num_steps]))
+  step_fn = compile_train_step(fit_kw["train_step"], fit_kw["mesh"])
+  best, history = None, []
+  for end in ends:
+    state = fit(state=state, num_steps=end, step_fn=step_fn, **fit_kw)
+    params = jax.device_get(models.merge_params(state.params, state.frozen))
+    if isinstance(val, tuple):
+      res, _, _ = evaluate_arrays(fwd, params, val[0], val[1], batch_size=config.eval.batch_size, mult=mult)
+    else:
+      res, _ = evaluate_folder(fwd, params, val, mult=mult, keep=0)
+    history.append({"step": end, "val_psnr": res["psnr"], "val_ssim": res["ssim"]})
+    if best is None or res["psnr"] > best["psnr"]:
+      best = {"params": params, "step": end, "psnr": res["psnr"]}
+  print(f"keep=best_val: step {best['step']} (val PSNR {best['psnr']:.2f}) of {[h['step'] for h in history]}")
+  return state, dict(best, history=history)
+
+
 # Settings a rerun in the same --workdir may change (besides train.config_lib.SHARED_RESUMABLE_KEYS,
 # which include num_steps): evaluation-only settings and the loader's worker count.
 RESUMABLE_KEYS = ("eval.*", "data.num_workers", "data.eval_pairs", "data.test_sets")
@@ -456,12 +567,122 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if config.get("init_from"):
     config_lib.require(Path(config.init_from).is_file(), "init_from",
                        f"{config.init_from} does not exist (a DSRNet .pt/.ckpt, e.g. dsrnet_l_epoch18.pt).")
+  try:
+    variant(config)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   config_lib.require_choice(config, "data.source", ("demo", "files"))
   config_lib.require_choice(config, "synthesis.recipe", ("dsrnet", "zhang"))
   config_lib.require_choice(config, "optim.schedule", ("constant", "cosine"))
   config_lib.require_positive(config, "num_steps", allow_zero=True)  # 0: evaluate the initial model
   config_lib.require_positive(config, "eval.batch_size", "checkpoint.every_steps", "log_every_steps")
   parallel.local_batch_size(int(config.data.batch_size), key="data.batch_size")
+
+
+# ------------------------------------------------------------------------------------------- ablation
+def ablation_configs(config: ml_collections.ConfigDict, names: list[str]) -> dict[str, ml_collections.ConfigDict]:
+  """{"paper": config with every named switch at the paper's reading, "<name>=<alt>": that one switch
+  flipped to today's alternative}; switches not named keep the config's value."""
+  bad = [n for n in names if n not in VARIANT_CHOICES]
+  if bad or not names:
+    raise ValueError(f"--ablate: unknown switch(es) {bad}; valid: {','.join(VARIANT_CHOICES)}.")
+  base = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+  for n in names:
+    base.variant[n] = VARIANT_CHOICES[n][0]
+  out = {"paper": base}
+  for n in names:
+    c = ml_collections.ConfigDict(base.to_dict(), type_safe=False)
+    c.variant[n] = VARIANT_CHOICES[n][1]
+    out[f"{n}={VARIANT_CHOICES[n][1]}"] = c
+  return out
+
+
+def run_ablation(config: ml_collections.ConfigDict, workdir: str, *, names: list[str]) -> dict:
+  """Trains every variant of :func:`ablation_configs` (same seed, data and steps) in
+  ``<workdir>/ablation/<variant>``, then writes ``ablation.json``, ``ablation.md`` and
+  ``ablation.png`` (PSNR, SSIM, trainable params, GFLOPs per variant) in ``workdir``."""
+  from derefl_jax import complexity
+  configs = ablation_configs(config, names)
+  size = int(config.data.eval_crop or config.data.crop)
+  rows = []
+  for label, cfg in configs.items():
+    _validate(cfg)
+    print(f"\n=== ablation variant {label} ===", flush=True)
+    summary = train_and_evaluate(cfg, os.path.join(workdir, "ablation", label.replace("=", "-")))
+    model = build(cfg)
+    cost = complexity.count(model, size, size)
+    first = next(iter(summary["test_sets"].values()))
+    rows.append({"variant": label, "psnr": first["psnr"], "ssim": first["ssim"],
+                 "identity_psnr": first["identity_psnr"], "identity_ssim": first["identity_ssim"],
+                 "trainable_params": cost["trainable_params"], "gflops": cost["gflops"], "flops_size": size,
+                 "kept_step": summary["kept_step"], "steps": summary["steps"], "test_set": next(iter(summary["test_sets"]))})
+  result = {"switches": names, "seed": int(config.seed), "num_steps": int(config.num_steps),
+            "preset": config.get("preset", ""), "model_preset": config.model.preset,
+            "flops_counter": complexity.SOURCE, "rows": rows}
+  save_json(os.path.join(workdir, "ablation.json"), result)
+  md = format_ablation(result)
+  Path(workdir, "ablation.md").write_text(md + "\n")
+  plot_ablation(os.path.join(workdir, "ablation.png"), result)
+  print("\n" + md)
+  print(f"ablation: {os.path.join(workdir, 'ablation.json')}, .md, .png")
+  return result
+
+
+def format_ablation(result: Mapping[str, Any]) -> str:
+  """Markdown table of :func:`run_ablation`'s rows."""
+  lines = ["| variant | PSNR | SSIM | trainable params | GFLOPs | kept step |", "|---|---:|---:|---:|---:|---:|"]
+  for r in result["rows"]:
+    lines.append(f"| {r['variant']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['trainable_params']:,} | "
+                 f"{r['gflops']:.3f} | {r['kept_step']} / {r['steps']} |")
+  r0 = result["rows"][0]
+  lines.append(f"| identity (input) | {r0['identity_psnr']:.2f} | {r0['identity_ssim']:.4f} | | | |")
+  return "\n".join(lines)
+
+
+def plot_ablation(path: str, result: Mapping[str, Any]) -> None:
+  """Bar chart (PSNR, SSIM, params, GFLOPs per variant) as PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = result["rows"]
+  labels = [r["variant"] for r in rows]
+  fig, axes = plt.subplots(1, 4, figsize=(16, 0.5 * len(rows) + 2))
+  for ax, key, title in zip(axes, ("psnr", "ssim", "trainable_params", "gflops"),
+                            ("PSNR (dB)", "SSIM", "trainable params", f"GFLOPs ({rows[0]['flops_size']} px)")):
+    vals = [r[key] for r in rows]
+    ax.barh(labels, vals, color=["C0"] + ["C1"] * (len(rows) - 1))
+    if key in ("psnr", "ssim"):
+      ax.axvline(rows[0]["identity_" + key], color="k", ls="--", lw=1, label="identity")
+      lo = min(vals + [rows[0]["identity_" + key]])
+      hi = max(vals + [rows[0]["identity_" + key]])
+      ax.set_xlim(lo - 0.1 * (hi - lo + 1e-3), hi + 0.1 * (hi - lo + 1e-3))
+      ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    if ax is not axes[0]:
+      ax.set_yticklabels([])
+  fig.suptitle(f"ablation of the paper switches ({result['preset']} preset, seed {result['seed']}, "
+               f"{result['num_steps']} steps)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _ablate_flag(argv) -> tuple[list[str], list[str] | None]:
+  """Removes ``--ablate a,b`` / ``--ablate=a,b`` from argv -> (argv, names or None)."""
+  out, names, i = [], None, 0
+  while i < len(argv):
+    a = argv[i]
+    if a == "--ablate" and i + 1 < len(argv):
+      names, i = argv[i + 1], i + 2
+      continue
+    if a.startswith("--ablate="):
+      names, i = a[len("--ablate="):], i + 1
+      continue
+    out.append(a)
+    i += 1
+  return out, (None if names is None else [n.strip() for n in names.split(",") if n.strip()])
 
 
 def _init_from_flag(argv):
@@ -481,7 +702,14 @@ def _init_from_flag(argv):
 def main(argv=None):
   """`python -m train.derefl`: user errors print one `error:` line and exit with code 2 (train.cli)."""
   import sys
-  argv = _init_from_flag(sys.argv[1:] if argv is None else list(argv))
+  argv, ablate = _ablate_flag(_init_from_flag(sys.argv[1:] if argv is None else list(argv)))
+  if ablate is not None:
+    from train import config_lib
+    bad = [n for n in ablate if n not in VARIANT_CHOICES]
+    if bad or not ablate:
+      cli.fail(config_lib.ConfigError(f"--ablate: unknown switch(es) {bad or ablate}; valid: {','.join(VARIANT_CHOICES)}."))
+    return cli.run(functools.partial(run_ablation, names=ablate), default_config=DEFAULT_CONFIG, argv=argv,
+                   resumable_keys=RESUMABLE_KEYS, validate=_validate)
   return cli.run(train_and_evaluate, default_config=DEFAULT_CONFIG, argv=argv,
                  resumable_keys=RESUMABLE_KEYS, validate=_validate)
 

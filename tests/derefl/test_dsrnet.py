@@ -246,7 +246,7 @@ def test_init_from_dsrnet_into_paper_layout():
   src_model = models.build_model("dsrnet_l", width=8, enc_blocks=(1, 1), middle_blocks=2, dec_blocks=(1, 1),
                                  lrm_blocks=(1, 1))
   sd = {k: np.full(v.shape, 0.5, np.float32) for k, v in _fake_sd(src_model).items()}
-  target = models.build_model("paper", width=8, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1), hf_blocks=1)
+  target = models.build_model("paper_conv", width=8, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1), hf_blocks=1)
   shapes = jax.eval_shape(target.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
   trainable, _ = models.split_params(shapes["params"])
   trainable = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), trainable)
