@@ -17,8 +17,9 @@ Presets (select with `--config=train/configs/derefl.py:<preset>`; override any f
          Model: the exact `dsrnet_l` network + the paper's additions (complementarity attention,
          G(T_hat, R_low_hat) after the heads with inverse modulation, frequency losses); every
          addition is a switch in `config.variant` whose default is the paper's reading (the
-         alternatives: docs/derefl_model.md "Paper switches"). Params / FLOPs: derefl_jax.complexity
-         (one counter; the numbers are in docs/derefl_model.md "Cost").
+         alternatives: docs/derefl_model.md "Paper switches"). Cost (derefl_jax.complexity.count, the
+         one counter; 224x224, batch 1, frozen VGG19 in the FLOPs): 131,737,051 trainable params,
+         554.0 GFLOPs (dsrnet_l: 124,602,022 / 510.8; docs/derefl_model.md "Cost").
          Training defaults and their sources (arXiv 2505.12641v1 builds on DSRNet's recipe):
            optimiser Adam, lr 1e-4, batch 1 .......... DSRNet (ICCV 2023) training setting
            data mix 0.6 synthetic VOC / 0.2 real (Zhang et al. 2018) / 0.2 Nature (Li et
@@ -42,7 +43,8 @@ Presets (select with `--config=train/configs/derefl.py:<preset>`; override any f
          python -m train.derefl --config=train/configs/derefl.py:dsrnet_l --init_from dsrnet_l_epoch18.pt \
              --config.data.root=/data/reflection
          Exact DSRNet-L (ICCV 2023) with its loss set (pixel + gradient on T and R, VGG 0.01,
-         exclusion, reconstruction 0.2 with RR), Adam 1e-4, batch 1: fine-tunes the released
+         exclusion, reconstruction 0.2 with RR), Adam 1e-4, batch 1 (124,602,022 trainable params,
+         510.8 GFLOPs at 224x224 by derefl_jax.complexity.count): fine-tunes the released
          weights (or trains from scratch without --init_from). VGG19 from --config.vgg_weights or
          $TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth. DSRNet's numbers (PSNR/SSIM): Real20
          24.23/.820, Objects 26.28/.914, Postcard 24.56/.908, Wild 25.68/.896.
