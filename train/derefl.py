@@ -616,16 +616,21 @@ def run_ablation(config: ml_collections.ConfigDict, workdir: str, *, names: list
                  "identity_psnr": first["identity_psnr"], "identity_ssim": first["identity_ssim"],
                  "trainable_params": cost["trainable_params"], "gflops": cost["gflops"], "flops_size": size,
                  "kept_step": summary["kept_step"], "steps": summary["steps"], "test_set": next(iter(summary["test_sets"]))})
-  result = {"switches": names, "seed": int(config.seed), "num_steps": int(config.num_steps),
-            "preset": config.get("preset", ""), "model_preset": config.model.preset,
-            "flops_counter": complexity.SOURCE, "rows": rows}
-  save_json(os.path.join(workdir, "ablation.json"), result)
+    result = {"switches": names, "seed": int(config.seed), "num_steps": int(config.num_steps),
+              "preset": config.get("preset", ""), "model_preset": config.model.preset,
+              "flops_counter": complexity.SOURCE, "complete": len(rows) == len(configs), "rows": rows}
+    save_ablation(workdir, result)  # after every variant: an interrupted run keeps its rows
   md = format_ablation(result)
-  Path(workdir, "ablation.md").write_text(md + "\n")
-  plot_ablation(os.path.join(workdir, "ablation.png"), result)
   print("\n" + md)
   print(f"ablation: {os.path.join(workdir, 'ablation.json')}, .md, .png")
   return result
+
+
+def save_ablation(workdir: str, result: Mapping[str, Any]) -> None:
+  """``ablation.json``, ``ablation.md`` and ``ablation.png`` in ``workdir``."""
+  save_json(os.path.join(workdir, "ablation.json"), dict(result))
+  Path(workdir, "ablation.md").write_text(format_ablation(result) + "\n")
+  plot_ablation(os.path.join(workdir, "ablation.png"), result)
 
 
 def format_ablation(result: Mapping[str, Any]) -> str:

@@ -142,3 +142,19 @@ def test_g_position_changes_what_g_sees():
   shifted = fwd(dict(params, ending={"kernel": k, "bias": b + 0.3}))
   assert float(jnp.max(jnp.abs(moved[0]["R_high"] - out["R_high"]))) > 1e-4
   np.testing.assert_allclose(np.asarray(shifted[0]["R_high"]), np.asarray(out["R_high"]), atol=1e-5)
+
+
+def test_ablation_outputs(tmp_path):
+  """The table's three files from hand-made rows: JSON as given, one Markdown row per variant, a PNG."""
+  rows = [{"variant": v, "psnr": p, "ssim": 0.7, "identity_psnr": 17.5, "identity_ssim": 0.75, "trainable_params": 10,
+           "gflops": 0.5, "flops_size": 64, "kept_step": 40, "steps": 60, "test_set": "demo"}
+          for v, p in (("paper", 19.0), ("keep=last", 18.5))]
+  result = {"switches": ["keep"], "seed": 0, "num_steps": 60, "preset": "demo", "model_preset": "tiny",
+            "flops_counter": complexity.SOURCE, "complete": True, "rows": rows}
+  derefl.save_ablation(str(tmp_path), result)
+  import json
+  assert json.loads((tmp_path / "ablation.json").read_text())["rows"][1]["psnr"] == 18.5
+  md = (tmp_path / "ablation.md").read_text().splitlines()
+  assert md[2].startswith("| paper | 19.00 |") and md[3].startswith("| keep=last | 18.50 |") and "identity" in md[4]
+  from PIL import Image
+  assert Image.open(tmp_path / "ablation.png").size[0] > 500
