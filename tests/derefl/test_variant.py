@@ -9,6 +9,10 @@ from train import derefl
 from train.configs import derefl as derefl_configs
 
 
+# A one-level tiny net without prior or ICA: compiles in seconds.
+SMALL = dict(enc_blocks=(1,), dec_blocks=(1,), middle_blocks=1, attention=False, use_prior=False)
+
+
 def _rand(*shape, seed=0):
   return jnp.asarray(np.random.default_rng(seed).uniform(0.05, 0.95, shape), jnp.float32)
 
@@ -100,29 +104,29 @@ def test_ablation_configs_flip_one_switch_each():
 
 
 def test_counter_is_deterministic_and_scales_with_pixels():
-  a = complexity.count("tiny", 16, 16)
-  assert complexity.count("tiny", 16, 16)["flops"] == a["flops"] > 0
-  model = models.build_model("tiny")
+  small = dict(SMALL, use_prior=True)
+  a = complexity.count("tiny", 16, 16, **small)
+  assert complexity.count("tiny", 16, 16, **small)["flops"] == a["flops"] > 0
+  model = models.build_model("tiny", **small)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
   assert a["trainable_params"] == models.param_count(models.split_params(shapes)[0])
   assert a["frozen_params"] > 0
-  c = complexity.count("tiny", 32, 32)  # 4x the pixels: about 4x the FLOPs, the same params
+  c = complexity.count("tiny", 32, 32, **small)  # 4x the pixels: about 4x the FLOPs, the same params
   assert 3.5 < c["flops"] / a["flops"] < 4.5 and c["trainable_params"] == a["trainable_params"]
 
 
 def _random_params(model, x):
   """Random params of every shape (no init compile): the zero-init scales become non-zero too."""
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)["params"]
-  leaves, tree = jax.tree.flatten(shapes)
-  keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
-  return jax.tree.unflatten(tree, [0.2 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
+  rng = np.random.default_rng(3)  # numpy: one jax random kernel per shape would compile ~50 times
+  return jax.tree.map(lambda l: jnp.asarray(0.2 * rng.standard_normal(l.shape), jnp.float32), shapes)
 
 
 def test_g_position_changes_what_g_sees():
   """before_heads: G's fuse conv reads 2 x width stream features; after_heads: the two 3-channel
   head outputs (T_hat, R_low_hat), and its h modulates the output images, not the features."""
   x = _rand(1, 16, 16, 3, seed=7)
-  ms = {pos: models.build_model("tiny", g_position=pos, use_prior=False) for pos in ("before_heads", "after_heads")}
+  ms = {pos: models.build_model("tiny", g_position=pos, **SMALL) for pos in ("before_heads", "after_heads")}
   before = jax.eval_shape(ms["before_heads"].init, jax.random.PRNGKey(0), x)["params"]
   after = jax.eval_shape(ms["after_heads"].init, jax.random.PRNGKey(0), x)["params"]
   width = ms["before_heads"].width
@@ -138,7 +142,7 @@ def test_g_position_changes_what_g_sees():
   # R_high is computed from the heads' outputs: a change of the ending conv's kernel (the heads)
   # changes R_high; a constant shift of both heads (bias) does not (G high-passes its inputs).
   k, b = params["ending"]["kernel"], params["ending"]["bias"]
-  moved = fwd(dict(params, ending={"kernel": k + 0.3 * jax.random.normal(jax.random.PRNGKey(1), k.shape), "bias": b}))
+  moved = fwd(dict(params, ending={"kernel": k + 0.3 * jnp.asarray(np.random.default_rng(1).standard_normal(k.shape), jnp.float32), "bias": b}))
   shifted = fwd(dict(params, ending={"kernel": k, "bias": b + 0.3}))
   assert float(jnp.max(jnp.abs(moved[0]["R_high"] - out["R_high"]))) > 1e-4
   np.testing.assert_allclose(np.asarray(shifted[0]["R_high"]), np.asarray(out["R_high"]), atol=1e-5)
