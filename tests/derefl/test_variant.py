@@ -103,6 +103,15 @@ def test_ablation_configs_flip_one_switch_each():
     derefl.ablation_configs(cfg, ["colour"])
 
 
+def test_ablate_flag_user_error(capsys):
+  with pytest.raises(SystemExit) as e:
+    derefl.main(["--ablate", "colour,keep"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: --ablate") and "colour" in err and "Traceback" not in err
+  assert derefl._ablate_flag(["--ablate=keep, prior", "--x"]) == (["--x"], ["keep", "prior"])
+
+
 def test_counter_is_deterministic_and_scales_with_pixels():
   small = dict(SMALL, use_prior=True)
   a = complexity.count("tiny", 16, 16, **small)
