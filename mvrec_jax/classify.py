@@ -265,7 +265,7 @@ def load_backbone(backbone: str, preset: str | None = "ViT-L/14", *, seed: int =
   from backbones_jax import convert, torch_pickle  # pylint: disable=import-outside-toplevel
   try:
     model, params = alpha_clip.load_alpha_clip(p, preset=preset or None)
-  except (torch_pickle.TorchFileError, convert.CheckpointMismatchError) as e:
+  except (torch_pickle.TorchFileError, convert.CheckpointMismatchError, convert.CheckpointFormatError) as e:
     msg = str(e) if str(p) in str(e) else f"{p}: {e}"
     raise ClassifyError(f"cannot use --backbone {msg}. Give an AlphaCLIP visual checkpoint (.pth) that fits "
                         f"--preset {preset!r} ('' accepts any architecture).") from None
@@ -492,7 +492,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    finetune=args.finetune, method=args.method, crop_sizes=crop_sizes, resize=resize,
                    precision=args.precision, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                    image_root=args.image_root, progress=not args.no_progress)
-  except (ClassifyError, FileNotFoundError, convert.CheckpointMismatchError, torch_pickle.TorchFileError) as e:
+  except (ClassifyError, FileNotFoundError, convert.CheckpointMismatchError, convert.CheckpointFormatError,
+          torch_pickle.TorchFileError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   n = sum(p is not None for p in res.predicted)
