@@ -63,17 +63,3 @@ def lcdh_run(tmp_path_factory):
   results = lcdh.main(argv + [f"--workdir={workdir}"])
   return workdir, results, argv
 
-
-def pytest_collection_modifyitems(config, items):
-  """Under pytest-xdist (`-n 2 --dist loadgroup`, the README's command) each test file runs on one
-  worker, and all tests that use one of the shared finished runs above run on the same worker, so
-  each run is still trained once and module fixtures are built once."""
-  for item in items:
-    names = getattr(item, "fixturenames", ())
-    if "demo_run" in names or "derefl_demo_argv" in names:
-      group = "derefl_demo_run"
-    elif "lcdh_run" in names:
-      group = "lcdh_tiny_run"
-    else:
-      group = item.nodeid.split("::")[0]
-    item.add_marker(pytest.mark.xdist_group(group))
