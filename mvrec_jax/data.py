@@ -254,17 +254,26 @@ def load_category(config_root: str | os.PathLike, category: str, *,
                       valid=read_split(config_root, category, "valid", **kw))
 
 
+# What PIL raises for a file that is not a readable image.
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
+
+
+def decode(src) -> Image.Image:
+  """Fully decodes ``src`` (a path or a binary file object): modes ``L``, ``RGB`` and ``RGBA`` are kept, as
+  the official code uses them; other modes -> RGB (RGBA when they carry alpha). Raises ``DECODE_ERRORS``."""
+  with Image.open(src) as im:
+    im.load()
+    img = im if im.mode in ("L", "RGB", "RGBA") else im.convert("RGBA" if "A" in im.getbands() else "RGB")
+    return img.copy()
+
 def load_image(path: str | os.PathLike) -> Image.Image:
   """Decodes an image fully (mode ``L``, ``RGB`` or ``RGBA``, as the official code uses it; other modes -> RGB)."""
   path = Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"Image {path} is missing. {DATA_HELP}")
   try:
-    with Image.open(path) as im:
-      im.load()
-      img = im if im.mode in ("L", "RGB", "RGBA") else im.convert("RGBA" if "A" in im.getbands() else "RGB")
-      return img.copy()
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    return decode(path)
+  except DECODE_ERRORS as e:
     raise ValueError(f"Cannot decode image {path} ({type(e).__name__}: {e}); the file is corrupt or "
                      "truncated: re-extract or re-download it.") from None
 
@@ -275,10 +284,17 @@ def instance_inputs(inst: Instance, *, method: str = "mso",
   """Loads the instance's image -> ``(V, S, S, 3)`` image and ``(V, S, S, 1)`` alpha views (float32)."""
   if inst.image_path is None:
     raise ValueError(f"Instance {inst.key} has no image path: read the split with data_root=... . {DATA_HELP}")
-  img = load_image(inst.image_path)
+  return views_of_image(inst, load_image(inst.image_path), what=f"Image {inst.image_path}", method=method,
+                        crop_sizes=crop_sizes, resize=resize)
+
+
+def views_of_image(inst: Instance, img: Image.Image, *, what: str, method: str = "mso",
+                   crop_sizes: Sequence[float] = views_lib.OFFICIAL_CROP_SIZES,
+                   resize: Sequence[int] = views_lib.OFFICIAL_RESIZE) -> tuple[np.ndarray, np.ndarray]:
+  """The instance's views rendered from its decoded image ``img`` (``what`` names it in the size error)."""
   h, w = inst.image_size
   if img.size != (w, h):
-    raise ValueError(f"Image {inst.image_path} is {img.size[0]}x{img.size[1]} (WxH) but its annotation says "
+    raise ValueError(f"{what} is {img.size[0]}x{img.size[1]} (WxH) but its annotation says "
                      f"{w}x{h}; the polygon would not line up. Is it the right image?")
   return views_lib.instance_views(img, inst.polygon, inst.bbox, method=method, crop_sizes=crop_sizes,
                                   resize=resize)

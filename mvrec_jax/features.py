@@ -176,13 +176,8 @@ def instance_views(inst: data_lib.Instance, *, method: str = "mso",
   """
   if load_image is None:
     return data_lib.instance_inputs(inst, method=method, crop_sizes=crop_sizes, resize=resize)
-  img = load_image(inst)
-  h, w = inst.image_size
-  if img.size != (w, h):
-    raise ValueError(f"the image of instance {inst.key} is {img.size[0]}x{img.size[1]} (WxH) but its annotation "
-                     f"says {w}x{h}; the polygon would not line up. Is it the right image?")
-  return views_lib.instance_views(img, inst.polygon, inst.bbox, method=method, crop_sizes=crop_sizes,
-                                  resize=resize)
+  return data_lib.views_of_image(inst, load_image(inst), what=f"the image of instance {inst.key}", method=method,
+                                 crop_sizes=crop_sizes, resize=resize)
 
 
 def extract_features(encode_fn: EncodeFn, params, instances: Sequence[data_lib.Instance], *,

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from mvrec_jax import data as data_lib
 from mvrec_jax import views as views_lib
@@ -59,11 +59,8 @@ LICENSE = ("MVTec-FS annotations (https://github.com/ShuaiLYU/MVTec-FS) and the 
 def decode_image(data: bytes) -> Image.Image:
   """Stored bytes -> a PIL image with the mode rule of :func:`mvrec_jax.data.load_image`."""
   try:
-    with Image.open(io.BytesIO(bytes(data))) as im:
-      im.load()
-      img = im if im.mode in ("L", "RGB", "RGBA") else im.convert("RGBA" if "A" in im.getbands() else "RGB")
-      return img.copy()
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    return data_lib.decode(io.BytesIO(bytes(data)))
+  except data_lib.DECODE_ERRORS as e:
     raise ValueError(f"a stored image cannot be decoded ({type(e).__name__}: {e}); the prepared dataset "
                      "is corrupt: delete it and prepare it again.") from None
 
