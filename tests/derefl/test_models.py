@@ -51,6 +51,21 @@ def test_depthwise_shift_equals_xla_conv():
     models.depthwise_conv(x, k, impl="fft")
 
 
+@pytest.mark.parametrize("ksize", [3, 5])
+def test_depthwise_shift_gradients_equal_xla_conv(ksize):
+  # The shift impl has a hand-written backward (memory): its VJP must equal autodiff of XLA's conv.
+  x, k = _rand(2, 6, 9, 4), _rand(ksize, ksize, 1, 4, seed=1)
+  w = _rand(2, 6, 9, 4, seed=2)
+
+  def f(impl):
+    return jax.grad(lambda x, k: jnp.sum(jnp.sin(models.depthwise_conv(x, k, impl=impl)) * w), argnums=(0, 1))(x, k)
+
+  for got, ref in zip(f("shift"), f("xla")):
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+  with pytest.raises(ValueError, match="K odd"):
+    models.depthwise_conv(x, _rand(2, 2, 1, 4), impl="shift")
+
+
 def test_mean_filter_against_numpy():
   x = np.random.default_rng(0).uniform(size=(1, 9, 10, 2)).astype(np.float32)
   ref = np.zeros_like(x)
