@@ -507,11 +507,32 @@ def load_image(path: str, image_size: int | None = None) -> np.ndarray:
     return np.asarray(im)
 
 
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def _imagenet_formula(images: np.ndarray) -> np.ndarray:
+  return (images.astype(np.float32) / 255.0 - _IMAGENET_MEAN) / _IMAGENET_STD
+
+
+# (3, 256): the formula's float32 value of every uint8 level in every channel (elementwise, so a
+# table look-up gives bit-identical results, ~2x faster than the two divisions per element)
+_IMAGENET_LUT = np.ascontiguousarray(_imagenet_formula(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, 1)).T)
+
+
 def imagenet_normalize(images_uint8: np.ndarray) -> np.ndarray:
-  """uint8 (..., 3) -> float32 ImageNet-normalised."""
-  mean = np.array([0.485, 0.456, 0.406], np.float32)
-  std = np.array([0.229, 0.224, 0.225], np.float32)
-  return (images_uint8.astype(np.float32) / 255.0 - mean) / std
+  """uint8 (..., 3) -> float32 ImageNet-normalised: ``(x / 255 - mean) / std`` in float32.
+
+  uint8 input is normalised by a per-channel look-up table of that formula's values (the same
+  bits); other dtypes by the formula.
+  """
+  x = np.asarray(images_uint8)
+  if x.dtype != np.uint8 or x.ndim == 0 or x.shape[-1] != 3:
+    return _imagenet_formula(x)
+  out = np.empty(x.shape, np.float32)
+  for c in range(3):
+    out[..., c] = _IMAGENET_LUT[c][x[..., c]]
+  return out
 
 
 def image_dataset(data: CrossModalData, indices: np.ndarray, *, batch_size: int, seed: int,

@@ -22,6 +22,12 @@ record and batches. Every step of every process is therefore a pure function of
 a resumed run sees the same batches without saving anything but the step. Iterators (read-ahead
 threads, or grain's ``DataLoader`` with worker processes, ``make_data_loader``) have a state that
 ``iterator_extra`` turns into an array for ``train.checkpoint.Checkpointer.save(extra=...)``.
+
+Speed (``make_dataset``): ``batch_transform(records, indices)`` reads a whole batch with one
+``source.__getitems__`` call and transforms it at once (one vectorised normalisation instead of one
+per item and a stack of float arrays); ``cache=decode`` keeps each record decoded once per process
+(``CachedSource``: only this process's shard is ever decoded), the counterpart of a raw reader
+that holds its images in memory (the DCMH ``.mat`` layout).
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ import numpy as np
 
 __all__ = ["open_source", "shard_indices", "make_dataset", "batch_fn", "make_iterator",
            "iterator_extra", "restore_iterator", "make_data_loader", "ITERATOR_STATE_KEY",
-           "process_info", "no_tensorflow"]
+           "process_info", "no_tensorflow", "CachedSource", "read_records"]
 
 ITERATOR_STATE_KEY = "data_iterator_state"  # the key in the checkpoint's `extra` dict
 
@@ -102,11 +108,57 @@ def shard_indices(indices: np.ndarray | int, *, seed: int, process_index: int | 
   return dealt[p::n]
 
 
+class CachedSource:
+  """``source`` with each record replaced by ``decode(record, index)``, computed once per process.
+
+  Random access like the source (``len``, ``[i]``, ``__getitems__``); a record is read and decoded
+  the first time it is asked for and kept (a dict; reads from several threads at once may decode a
+  record twice, never return a wrong one). Memory: the decoded values of the records this process
+  reads, i.e. its shard.
+  """
+
+  def __init__(self, source: Sequence[Any], decode: Callable[[Any, int], Any]):
+    self.source = source
+    self.decode = decode
+    self._cache: dict[int, Any] = {}
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int):
+    i = int(i)
+    value = self._cache.get(i)
+    if value is None:
+      value = self._cache[i] = self.decode(self.source[i], i)
+    return value
+
+  def __getitems__(self, keys: Sequence[int]) -> list[Any]:
+    keys = [int(k) for k in keys]
+    missing = sorted({k for k in keys if k not in self._cache})
+    if missing:
+      for k, rec in zip(missing, read_records(self.source, missing)):
+        self._cache[k] = self.decode(rec, k)
+    return [self._cache[k] for k in keys]
+
+  def __repr__(self) -> str:
+    return f"CachedSource({self.source!r}, {len(self._cache)} of {len(self)} decoded)"
+
+
+def read_records(source: Sequence[Any], keys: Sequence[int]) -> list[Any]:
+  """``[source[k] for k in keys]``, as one ``source.__getitems__(keys)`` call when the source has it."""
+  keys = [int(k) for k in keys]
+  if hasattr(source, "__getitems__"):
+    return list(source.__getitems__(keys))
+  return [source[k] for k in keys]
+
+
 def make_dataset(source: Sequence[Any], *, transform: Callable[[Any, int], Any] | None = None,
                  batch_size: int | None = None, seed: int = 0, shuffle: bool = True,
                  num_epochs: int | None = None, indices: np.ndarray | None = None,
                  process_index: int | None = None, process_count: int | None = None,
-                 drop_remainder: bool = True):
+                 drop_remainder: bool = True,
+                 batch_transform: Callable[[list[Any], np.ndarray], Any] | None = None,
+                 cache: Callable[[Any, int], Any] | None = None):
   """A ``grain.MapDataset`` over this process's shard of ``source`` (see the module docstring).
 
   ``transform(record, index) -> element`` (default: the record dict with ``"index"`` added; a
@@ -114,8 +166,21 @@ def make_dataset(source: Sequence[Any], *, transform: Callable[[Any, int], Any] 
   each record; ``index`` is the record's position in ``source``. ``indices`` restricts the dataset
   to those records (e.g. a train split stored inside a larger one). ``num_epochs=None`` repeats
   forever (index the result by step); ``batch_size`` batches with ``drop_remainder``.
+
+  ``batch_transform(records, indices) -> batch`` (instead of ``transform``; needs ``batch_size``):
+  the ``batch_size`` records of a step, read with one ``__getitems__`` call, and their (B,) int64
+  positions in ``source``; it returns the batch (e.g. the stacked elements of ``transform``).
+  The batch of every step holds the same records in the same order as with ``transform``.
+  ``cache(record, index) -> value``: each record is decoded once per process (``CachedSource``)
+  and the transforms receive the decoded value instead of the record.
   """
   import grain
+  if batch_transform is not None and transform is not None:
+    raise ValueError("give transform or batch_transform, not both.")
+  if batch_transform is not None and batch_size is None:
+    raise ValueError("batch_transform needs batch_size.")
+  if cache is not None:
+    source = CachedSource(source, cache)
   n = len(source)
   base = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, np.int64)
   if base.size and (base.min() < 0 or base.max() >= n):
@@ -130,6 +195,16 @@ def make_dataset(source: Sequence[Any], *, transform: Callable[[Any, int], Any] 
     ds = ds.shuffle(seed=int(seed) % 2**32)
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
+
+  if batch_transform is not None:
+    if batch_size <= 0:
+      raise ValueError(f"batch_size must be > 0; got {batch_size}.")
+
+    def read_batch(idx):
+      idx = np.asarray(idx, np.int64)
+      return batch_transform(read_records(source, idx.tolist()), idx)
+
+    return ds.batch(int(batch_size), drop_remainder=True).map(read_batch)
 
   if transform is None:
     def read(i):

@@ -69,6 +69,63 @@ def test_iterator_state_saved_in_orbax_checkpoint_resumes(tmp_path):
   assert not dp.restore_iterator(fresh, {})
 
 
+class _CountingSource:
+  """A random-access source that counts its reads (one-by-one and batched)."""
+
+  def __init__(self, values):
+    self.values, self.single, self.batched = np.asarray(values), 0, 0
+
+  def __len__(self):
+    return len(self.values)
+
+  def __getitem__(self, i):
+    self.single += 1
+    return self.values[i]
+
+  def __getitems__(self, keys):
+    self.batched += 1
+    return [self.values[k] for k in keys]
+
+
+def test_batch_transform_and_cache_give_the_same_batches_and_resume():
+  n, kw = 23, dict(batch_size=4, seed=5, process_index=1, process_count=2)
+  src = _CountingSource(np.arange(100, 100 + n))
+  per_item = dp.make_dataset(src, transform=lambda rec, pos: {"v": np.int64(rec), "i": np.int64(pos)}, **kw)
+  batched = dp.make_dataset(src, batch_transform=lambda recs, pos: {"v": np.asarray(recs, np.int64), "i": pos},
+                            **kw)
+  decoded = []
+
+  def decode(rec, pos):
+    decoded.append(pos)
+    return {"v": np.int64(rec) * 10}
+
+  cached = dp.make_dataset(src, cache=decode, **kw,
+                           batch_transform=lambda recs, pos: {"v": np.array([r["v"] // 10 for r in recs]), "i": pos})
+  steps = 3 * (n // 2 // 4)  # three epochs of the shard
+  src.single = src.batched = 0
+  for step in range(steps):
+    want = per_item[step]
+    for ds in (batched, cached):
+      got = ds[step]
+      np.testing.assert_array_equal(got["v"], want["v"])
+      np.testing.assert_array_equal(got["i"], want["i"])
+  assert src.batched > 0 and src.single == steps * 4  # batched: one __getitems__ call a batch
+  shard = dp.shard_indices(n, seed=5, process_index=1, process_count=2)
+  assert sorted(decoded) == sorted(shard.tolist())  # each record of this shard decoded once, no other
+  # the iterator over batch_transform + cache resumes from its state
+  it = dp.make_iterator(cached, num_threads=2)
+  for _ in range(3):
+    next(it)
+  extra = dp.iterator_extra(it)
+  expected = [next(it)["v"].tolist() for _ in range(6)]
+  fresh = dp.make_iterator(cached, num_threads=2)
+  assert dp.restore_iterator(fresh, extra) and [next(fresh)["v"].tolist() for _ in range(6)] == expected
+  with pytest.raises(ValueError, match="not both"):
+    dp.make_dataset(src, transform=lambda r, i: r, batch_transform=lambda r, i: r, batch_size=2)
+  with pytest.raises(ValueError, match="needs batch_size"):
+    dp.make_dataset(src, batch_transform=lambda r, i: r)
+
+
 def test_data_loader_shards_and_state():
   import grain
   src = np.arange(10)

@@ -47,6 +47,19 @@ def test_lcdh_prepared_equals_raw_reader(tmp_path, layout):
   els = [fn(db[k], k) for k in range(4)]
   for key in ("index", "image", "bow", "labels"):
     np.testing.assert_array_equal(np.stack([e[key] for e in els]), want[key])
+  # the batched transform, on stored records and on records decoded once (make_dataset(cache=)): the same bits
+  bt = tb.batch_transform(image_size=16, flip_seed=4)
+  dec = tb.decode_record(image_size=16)
+  decoded = [dec(db[k], k) for k in range(4)]
+  assert decoded[0]["image"].dtype == np.uint8 and decoded[0]["image"].shape == (16, 16, 3)
+  for recs in ([db[k] for k in range(4)], decoded):
+    got_b = bt(recs, np.arange(4))
+    for key in ("index", "image", "bow", "labels"):
+      assert got_b[key].dtype == want[key].dtype
+      np.testing.assert_array_equal(got_b[key], want[key])
+  np.testing.assert_array_equal(fn(decoded[1], 1)["image"], want["image"][1])
+  with pytest.raises(ValueError, match="same image_size"):
+    tb.record_transform(image_size=8)(decoded[0], 0)
 
 
 def test_lcdh_unprepared_and_missing_raw_errors(tmp_path):
