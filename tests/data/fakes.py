@@ -75,6 +75,122 @@ def make_derefl_raw(root: Path) -> Path:
   return root
 
 
+# ------------------------------------------------------------------ known values in each real layout
+# (tests/data/test_readers_values.py: every reader must return exactly what these wrote)
+
+def lcdh_values(n: int = 6, h: int = 9, w: int = 11, seed: int = 0) -> dict:
+  """Known LCDH items: ``images`` (n,h,w,3) uint8, ``tags`` (n,V) float32 counts, ``labels`` (n,C)
+  multi-hot, ``captions`` (words of ``vocab`` plus non-ASCII text), ``vocab`` (V,), ``classes`` (C,)."""
+  rng = np.random.default_rng(seed)
+  vocab = ["sky", "tree", "new_york", "b&w", "dog", "water", "x9"]
+  classes = ["animals", "city", "nature"]
+  images = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+  images[0, 0, 0], images[0, -1, -1] = (0, 0, 0), (255, 255, 255)
+  tags = rng.integers(0, 3, (n, len(vocab))).astype(np.float32)  # counts, not only 0/1
+  labels = (rng.random((n, len(classes))) < 0.5).astype(np.float32)
+  labels[0] = 0.0  # an item with no label
+  captions = [" ".join(vocab[j] for j in np.flatnonzero(tags[i])) + f" caf\u00e9 n\u00b0{i}" for i in range(n)]
+  return {"images": images, "tags": tags, "labels": labels, "captions": captions, "vocab": vocab,
+          "classes": classes}
+
+
+def _cell(strings) -> np.ndarray:
+  out = np.empty((len(strings),), dtype=object)
+  out[:] = list(strings)
+  return out
+
+
+def write_lcdh_arrays(root: Path, v: dict, *, order: str = "nhwc", key: str = "IAll",
+                      with_caption: bool = True) -> Path:
+  """The DCMH single-.mat layout (``synthetic.mat``): ``IAll`` in ``order`` (nhwc, MATLAB hwcn or
+  nchw), ``YAll``, ``LAll``, ``caption`` (else ``tag_vocab`` in the file)."""
+  import scipy.io
+  root.mkdir(parents=True, exist_ok=True)
+  images = {"nhwc": v["images"], "hwcn": v["images"].transpose(1, 2, 3, 0),
+            "nchw": v["images"].transpose(0, 3, 1, 2)}[order]
+  m = {key: images, "YAll": v["tags"], "LAll": v["labels"]}
+  if with_caption:
+    m["caption"] = _cell(v["captions"])
+  else:
+    m["tag_vocab"] = _cell(v["vocab"])
+  scipy.io.savemat(root / "synthetic.mat", m)
+  return root
+
+
+def write_lcdh_paths(root: Path, v: dict, *, captions: str = "mat", with_tags: bool = True) -> Path:
+  """The DCHMT layout: PNG images (item 1 saved grayscale: read back as RGB gray), ``index.mat``,
+  ``label.mat`` (``category``), ``caption.mat`` or ``caption.txt``, ``tag.mat`` (``YAll``) and
+  ``tag_vocab.txt``."""
+  import scipy.io
+  (root / "images").mkdir(parents=True, exist_ok=True)
+  index = []
+  for i, im in enumerate(v["images"]):
+    rel = f"images/{i:03d}.png"
+    Image.fromarray(im[..., 0] if i == 1 else im).save(root / rel)
+    index.append(rel)
+  scipy.io.savemat(root / "index.mat", {"index": _cell(index)})
+  scipy.io.savemat(root / "label.mat", {"category": v["labels"]})
+  if captions == "mat":
+    scipy.io.savemat(root / "caption.mat", {"caption": _cell(v["captions"])})
+  else:
+    (root / "caption.txt").write_text("\n".join(v["captions"]) + "\n", encoding="utf-8")
+  if with_tags:
+    scipy.io.savemat(root / "tag.mat", {"YAll": v["tags"]})
+  (root / "tag_vocab.txt").write_text("\n".join(v["vocab"]) + "\n", encoding="utf-8")
+  return root
+
+
+def write_lcdh_folder(root: Path, v: dict) -> Path:
+  """The raw image folder: ``images/`` (PNG, in a sub-folder), ``annotations.csv`` (image, labels
+  as ``a;b``, caption), ``classes.txt``, ``tag_vocab.txt``."""
+  import csv
+  (root / "images" / "sub").mkdir(parents=True, exist_ok=True)
+  with open(root / "annotations.csv", "w", newline="", encoding="utf-8") as f:
+    wr = csv.writer(f)
+    wr.writerow(["image", "labels", "caption"])
+    for i, im in enumerate(v["images"]):
+      rel = f"sub/{i:03d}.png"
+      Image.fromarray(im).save(root / "images" / rel)
+      wr.writerow([rel, ";".join(c for c, on in zip(v["classes"], v["labels"][i]) if on), v["captions"][i]])
+  (root / "classes.txt").write_text("\n".join(v["classes"]) + "\n", encoding="utf-8")
+  (root / "tag_vocab.txt").write_text("\n".join(v["vocab"]) + "\n", encoding="utf-8")
+  return root
+
+
+MVTEC_COLUMNS = ("imageName", "imageData", "imageHeight", "imageWidth", "img_id", "part", "id", "img_rel_path",
+                 "classification_rank", "x1", "x2", "y1", "y2", "label", "rank", "points")
+
+
+def write_mvtec_fs(root: Path, category: str, rows: dict, *, image_layout: str = "image") -> Path:
+  """MVTec-FS: ``<root>/CONFIG/<category>_config1/{train,valid}.csv`` from ``rows[split]`` (dicts with
+  ``image`` (H,W[,C]) uint8, ``points``, ``label``, ``id``, ``defect``, ``name``, optional ``bbox``
+  (x1, y1, x2, y2; else the columns are left empty)) and each image as a PNG under ``image_layout``:
+  ``image`` (``<root>/image/<part>/<rel>``), ``part`` (``<root>/<part>/<rel>``) or ``mvtec_ad``
+  (``<root>/<part>/test/<defect>/<name>``)."""
+  import csv
+  import json as json_
+  cfg = root / "CONFIG" / f"{category}_config1"
+  cfg.mkdir(parents=True, exist_ok=True)
+  for split, items in rows.items():
+    with open(cfg / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+      wr = csv.DictWriter(f, fieldnames=MVTEC_COLUMNS)
+      wr.writeheader()
+      for k, it in enumerate(items):
+        rel = f"{'training' if split == 'train' else 'testing'}/{it['defect']}/{it['name']}"
+        path = {"image": root / "image" / category / rel, "part": root / category / rel,
+                "mvtec_ad": root / category / "test" / it["defect"] / it["name"]}[image_layout]
+        if not path.exists():
+          _save(path, it["image"])
+        bbox = it.get("bbox")
+        wr.writerow({"imageName": it["name"], "imageData": "", "imageHeight": it["image"].shape[0],
+                     "imageWidth": it["image"].shape[1], "img_id": k, "part": category, "id": it["id"],
+                     "img_rel_path": rel, "classification_rank": 0,
+                     "x1": "" if bbox is None else bbox[0], "y1": "" if bbox is None else bbox[1],
+                     "x2": "" if bbox is None else bbox[2], "y2": "" if bbox is None else bbox[3],
+                     "label": it["label"], "rank": 0, "points": json_.dumps(it["points"])})
+  return root
+
+
 def _no_tf_worker(work: Path) -> dict:
   from derefl_jax import tfds_builder as derefl_tfds
   from lcdh_jax import tfds_builder as lcdh_tfds
