@@ -1,10 +1,20 @@
 """Test setup: 8 fake CPU devices so that sharding is exercised (must run before jax is imported),
-and the tiny finished runs that several test files share (session scope: each is trained once).
+and the tiny finished runs that several test files share.
+
+Each shared run is trained once per test session, also under pytest-xdist (the README runs the
+suite on 2 workers, each test file on one worker): the first worker that needs a run trains it
+into a directory all workers share (`tmp_path_factory.getbasetemp().parent`, guarded by a
+`filelock.FileLock`), a worker that asks while it trains waits for it, and every worker then gets
+its own copy of the finished run, so no test can see another worker's changes.
 
 A test that reruns an entry point in one of these workdirs must leave it unchanged (the
 bad-input tests check this by hashing every file); a test that needs to change one copies it.
 """
 import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -35,21 +45,47 @@ def derefl_demo_argv():
   return list(DEREFL_SHORT_DEMO)
 
 
+def _finished_run(tmp_path_factory, name: str, make: Callable[[Path], Any]) -> tuple[Path, Any]:
+  """(workdir, make's return value) of a run that `make(workdir)` trains, made once per test session.
+
+  Without xdist: trained in a fresh tmp dir. Under xdist: trained once into `<session tmp>/shared_runs/
+  <name>` by the first worker (under a file lock; the return value pickled beside it, written last,
+  marks the run finished), then copied to a fresh tmp dir of the asking worker.
+  """
+  if not os.environ.get("PYTEST_XDIST_WORKER"):
+    workdir = tmp_path_factory.mktemp(name)
+    return workdir, make(workdir)
+  from filelock import FileLock
+
+  root = tmp_path_factory.getbasetemp().parent / "shared_runs"  # the session's dir, above each worker's
+  root.mkdir(exist_ok=True)
+  shared, done = root / name, root / f"{name}.pkl"
+  with FileLock(str(root / f"{name}.lock")):
+    if not done.is_file():
+      if shared.exists():  # a worker failed while training it: start again
+        shutil.rmtree(shared)
+      shared.mkdir()
+      out = make(shared)
+      tmp = root / f"{name}.pkl.tmp"
+      tmp.write_bytes(pickle.dumps(out))
+      os.replace(tmp, done)
+    out = pickle.loads(done.read_bytes())
+  workdir = tmp_path_factory.mktemp(name)
+  shutil.copytree(shared, workdir, dirs_exist_ok=True, symlinks=True)
+  return workdir, out
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-  """(workdir, summary) of the shortened `python -m train.derefl` demo."""
+  """(workdir, summary) of the shortened `python -m train.derefl` demo (trained once per session)."""
   from train import derefl
 
-  workdir = tmp_path_factory.mktemp("derefl_demo")
-  summary = derefl.main(DEREFL_SHORT_DEMO + [f"--workdir={workdir}"])
-  return workdir, summary
+  return _finished_run(tmp_path_factory, "derefl_demo",
+                       lambda workdir: derefl.main(DEREFL_SHORT_DEMO + [f"--workdir={workdir}"]))
 
 
-@pytest.fixture(scope="session")
-def lcdh_run(tmp_path_factory):
-  """(workdir, results, argv) of a finished tiny `python -m train.lcdh` run (uninterrupted)."""
-  from train import lcdh
-
+def _lcdh_argv() -> list[str]:
+  """LCDH_TINY_RUN with absolute config paths and the tiny preset's optional extras turned off."""
   from train.configs import lcdh as lcdh_config
 
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +95,16 @@ def lcdh_run(tmp_path_factory):
     argv.append("--config.clip.pretrain.steps=0")
   if "round_png" in tiny.eval:
     argv.append("--config.eval.round_png=false")
-  workdir = tmp_path_factory.mktemp("lcdh_tiny")
-  results = lcdh.main(argv + [f"--workdir={workdir}"])
-  return workdir, results, argv
+  return argv
 
+
+@pytest.fixture(scope="session")
+def lcdh_run(tmp_path_factory):
+  """(workdir, results, argv) of a finished tiny `python -m train.lcdh` run (uninterrupted; trained once
+  per session)."""
+  from train import lcdh
+
+  argv = _lcdh_argv()
+  workdir, results = _finished_run(tmp_path_factory, "lcdh_tiny",
+                                   lambda workdir: lcdh.main(argv + [f"--workdir={workdir}"]))
+  return workdir, results, argv
