@@ -84,7 +84,7 @@ def decode_image(data: bytes) -> np.ndarray:
   """Stored PNG bytes -> uint8 (H, W, 3) (what ``data.read_image`` gave for the raw file)."""
   from PIL import Image
   with Image.open(io.BytesIO(bytes(data))) as im:
-    return np.asarray(im.convert("RGB"))
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # (convert would copy an RGB image)
 
 
 class DereflReflection(tfds.core.GeneratorBasedBuilder):

@@ -62,6 +62,24 @@ def test_lcdh_prepared_equals_raw_reader(tmp_path, layout):
     tb.record_transform(image_size=8)(decoded[0], 0)
 
 
+def test_imagenet_normalize_table_equals_formula():
+  """The uint8 look-up table gives the bits of (x / 255 - mean) / std in float32, for every level and channel."""
+  from lcdh_jax import data as data_lib
+  mean = np.array([0.485, 0.456, 0.406], np.float32)
+  std = np.array([0.229, 0.224, 0.225], np.float32)
+  levels = np.stack(np.meshgrid(np.arange(256), np.arange(256), np.arange(256), indexing="ij"), -1)[::5, ::7, ::3]
+  x = np.ascontiguousarray(levels.astype(np.uint8))[:, :, :, None, :].repeat(2, axis=3)
+  want = (x.astype(np.float32) / 255.0 - mean) / std
+  got = data_lib.imagenet_normalize(x)
+  assert got.dtype == np.float32 and got.shape == x.shape
+  np.testing.assert_array_equal(got, want)
+  every = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, 1)
+  np.testing.assert_array_equal(data_lib.imagenet_normalize(every), (every.astype(np.float32) / 255.0 - mean) / std)
+  np.testing.assert_array_equal(data_lib.imagenet_normalize(x[:, ::-1]), want[:, ::-1])  # strided input
+  f = np.linspace(0, 255, 12, dtype=np.float32).reshape(4, 3)  # other dtypes: the formula
+  np.testing.assert_array_equal(data_lib.imagenet_normalize(f), (f / 255.0 - mean) / std)
+
+
 def test_lcdh_unprepared_and_missing_raw_errors(tmp_path):
   from lcdh_jax import tfds_builder as tb
   with pytest.raises(FileNotFoundError, match="prepare it once"):
