@@ -212,6 +212,33 @@ def depthwise_conv(x: Array, kernel: Array, *, impl: str = "auto") -> Array:
   return _depthwise_shift(x, kernel.astype(x.dtype))
 
 
+def remat_call(module: nn.Module, *args):
+  """``module(*args)``, its activations recomputed in the backward pass instead of stored.
+
+  Unlike ``nn.remat``, the recomputation's inputs carry a data dependency on the output cotangent
+  (``x + 0 * g[0]``), so XLA cannot schedule it before that cotangent exists: with ``nn.remat``,
+  XLA:CPU (which drops optimisation barriers before scheduling) ran every block's recomputation at
+  the start of the backward pass and the peak memory did not drop. Same values and gradients as
+  ``module(*args)``; same parameter names.
+  """
+  unbound = module.clone(parent=None, name=None)
+
+  def f(mdl, *a):
+    return mdl(*a)
+
+  def fwd(mdl, *a):
+    return mdl(*a), (mdl.variables, a)
+
+  def bwd(res, g):
+    variables, a = res
+    dep = 0 * jax.tree.leaves(g)[0].reshape(-1)[0]  # not folded away by XLA for floats (NaN * 0 = NaN)
+    a = jax.tree.map(lambda v: v + dep.astype(v.dtype), a)
+    _, vjp = jax.vjp(lambda v, *xs: unbound.apply(v, *xs), variables, *a)
+    return vjp(g)
+
+  return nn.custom_vjp(f, forward_fn=fwd, backward_fn=bwd)(module, *args)
+
+
 class DepthwiseConv(nn.Module):
   """Depthwise KxK conv: (B,H,W,C) -> (B,H,W,C); params as nn.Conv(feature_group_count=C)."""
   kernel_size: int = 3
@@ -423,10 +450,10 @@ class FeaturePyramidVGG(nn.Module):
   def __call__(self, x01: Array, feats: Sequence[Array]) -> tuple[Array, Array]:
     vf1, vf2, vf3, vf4, vf5 = feats
     dt, sb = self.dtype, self.shared_b
-    block = nn.remat(MuGIBlock) if self.remat else MuGIBlock
-
     def mugi(name, t, r=None):
-      return block(shared_b=sb, dtype=dt, name=name)(t, t if r is None else r)
+      block = MuGIBlock(shared_b=sb, dtype=dt, name=name)
+      r = t if r is None else r
+      return remat_call(block, t, r) if self.remat else block(t, r)
 
     def both(layer, t, r):
       return layer(t), layer(r)
@@ -460,18 +487,20 @@ class LRM(nn.Module):
   """
   inter_blocks: int = 2
   merge_blocks: int = 4
+  remat: bool = False  # recompute the blocks' activations in the backward pass (less memory)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, t: Array, r: Array) -> Array:
+    call = remat_call if self.remat else (lambda m, *a: m(*a))
     c = 2 * t.shape[-1]
     intro = _conv(c, 1, name="intro", dtype=self.dtype)
     t, r = intro(t), intro(r)
     for i in range(self.inter_blocks):
-      t, r = MuGIBlock(shared_b=False, dtype=self.dtype, name=f"inter{i}")(t, r)
+      t, r = call(MuGIBlock(shared_b=False, dtype=self.dtype, name=f"inter{i}"), t, r)
     f = jnp.concatenate([t, r], axis=-1)
     for i in range(self.merge_blocks):
-      f = SingleStreamBlock(dtype=self.dtype, name=f"merge{i}")(f)
+      f = call(SingleStreamBlock(dtype=self.dtype, name=f"merge{i}"), f)
     return jnp.tanh(_conv(3, 3, name="tail", dtype=self.dtype)(f))
 
 
@@ -523,7 +552,7 @@ class ReflectionRemovalNet(nn.Module):
   prior_normalize: bool = True    # ImageNet-normalise the prior's input (DSRNet: False)
   shared_b: bool = False          # MuGI: one b for both streams (DSRNet-L)
   lrm_blocks: Sequence[int] = ()  # DSRNet LRM (n_inter, n_merge); () = none
-  remat: bool = False             # rematerialise MuGI blocks in the backward pass (training memory)
+  remat: bool = False             # recompute every block's activations in the backward pass (remat_call)
   g_position: str = "before_heads"  # "before_heads" | "after_heads" (the paper): where G sits
   dtype: Any = jnp.float32
 
@@ -580,14 +609,14 @@ class ReflectionRemovalNet(nn.Module):
       t = r = _conv(self.width, 3, name="intro", dtype=dt)(x01)
     c = self.width
     skips = []
-    mugi_block = nn.remat(MuGIBlock) if self.remat else MuGIBlock
+    call = remat_call if self.remat else (lambda m, *a: m(*a))
     for lvl, n in enumerate(self.enc_blocks):
       if inject and lvl + 1 <= 5:  # VGG19 has taps relu1_1 .. relu5_1
         t, r = PriorInjection(dtype=dt, name=f"prior_in{lvl}")(t, r, prior[f"relu{lvl + 1}_1"])
       for i in range(n):
-        t, r = mugi_block(self.shared_b, dtype=dt, name=f"enc{lvl}_{i}")(t, r)
+        t, r = call(MuGIBlock(self.shared_b, dtype=dt, name=f"enc{lvl}_{i}"), t, r)
       if self.attention:
-        t, r = ComplementarityAttention(self._heads(lvl, c), dtype=dt, name=f"enc{lvl}_ica")(t, r)
+        t, r = call(ComplementarityAttention(self._heads(lvl, c), dtype=dt, name=f"enc{lvl}_ica"), t, r)
       skips.append((t, r))
       down = _conv(2 * c, 2, stride=2, name=f"down{lvl}", dtype=dt)
       t, r = down(t), down(r)
@@ -595,9 +624,9 @@ class ReflectionRemovalNet(nn.Module):
     if inject and levels + 1 <= 5:
       t, r = PriorInjection(dtype=dt, name="prior_mid")(t, r, prior[f"relu{levels + 1}_1"])
     for i in range(self.middle_blocks):
-      t, r = mugi_block(self.shared_b, dtype=dt, name=f"mid_{i}")(t, r)
+      t, r = call(MuGIBlock(self.shared_b, dtype=dt, name=f"mid_{i}"), t, r)
     if self.attention:
-      t, r = ComplementarityAttention(self._heads(levels, c), dtype=dt, name="mid_ica")(t, r)
+      t, r = call(ComplementarityAttention(self._heads(levels, c), dtype=dt, name="mid_ica"), t, r)
     for j, n in enumerate(self.dec_blocks):
       lvl = levels - 1 - j
       up = _conv(2 * c, 1, bias=False, name=f"up{lvl}", dtype=dt)
@@ -605,9 +634,9 @@ class ReflectionRemovalNet(nn.Module):
       c //= 2
       t, r = t + skips[lvl][0], r + skips[lvl][1]
       for i in range(n):
-        t, r = mugi_block(self.shared_b, dtype=dt, name=f"dec{lvl}_{i}")(t, r)
+        t, r = call(MuGIBlock(self.shared_b, dtype=dt, name=f"dec{lvl}_{i}"), t, r)
       if self.attention:
-        t, r = ComplementarityAttention(self._heads(lvl, c), dtype=dt, name=f"dec{lvl}_ica")(t, r)
+        t, r = call(ComplementarityAttention(self._heads(lvl, c), dtype=dt, name=f"dec{lvl}_ica"), t, r)
     aux = {"prior": prior}
     r_high = None
     after = self.g_position == "after_heads"
@@ -617,7 +646,7 @@ class ReflectionRemovalNet(nn.Module):
       aux["hf_features"] = h
     out = {}
     if self.lrm_blocks:
-      out["RR"] = LRM(int(self.lrm_blocks[0]), int(self.lrm_blocks[1]), dtype=dt, name="lrm")(t, r)
+      out["RR"] = LRM(int(self.lrm_blocks[0]), int(self.lrm_blocks[1]), self.remat, dtype=dt, name="lrm")(t, r)
     # Zero-init head: at init T = I (with t_residual), R_low = R_high = 0 -- the identity baseline.
     ending = _conv(3, 3, name="ending", dtype=dt, kernel_init=nn.initializers.zeros)
     t_img, r_low = ending(t), ending(r)
