@@ -92,6 +92,17 @@ def test_variant_maps_to_model_loss_and_training():
   assert derefl.variant(derefl_configs.get_config("dsrnet_l")) == {}
 
 
+def test_recipe_numbers_follow_the_official_training_scripts():
+  """DSRNet (github.com/mingcv/DSRNet @7953e40): Adam(0.9, 0.999, wd 0) lr 1e-4, batch 1, crop 224,
+  lambda_vgg 0.01, lambda_rec 0.2; FusionDataset 0.7/0.3 in train_sirs.py, 0.6/0.2/0.2 in train_sirs_4000.py."""
+  mixes = {"paper": (0.6, 0.2, 0.2), "dsrnet_l": (0.7, 0.3, 0.0), "dsrnet_l_nature": (0.6, 0.2, 0.2)}
+  for preset, mix in mixes.items():
+    c = derefl_configs.get_config(preset)
+    assert (c.data.weights_synthetic, c.data.weights_real, c.data.weights_nature) == mix, preset
+    assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.weight_decay, c.optim.schedule) == (1e-4, 0.9, 0.999, 0.0, "constant")
+    assert (c.data.batch_size, c.data.crop, c.loss.vgg, c.loss.recons) == (1, 224, 0.01, 0.2)
+
+
 def test_ablation_configs_flip_one_switch_each():
   cfg = derefl_configs.get_config("demo")
   confs = derefl.ablation_configs(cfg, ["freq_target", "keep"])

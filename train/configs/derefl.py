@@ -20,20 +20,32 @@ Presets (select with `--config=train/configs/derefl.py:<preset>`; override any f
          alternatives: docs/derefl_model.md "Paper switches"). Cost (derefl_jax.complexity.count, the
          one counter; 224x224, batch 1, frozen VGG19 in the FLOPs): 131,737,051 trainable params,
          554.0 GFLOPs (dsrnet_l: 124,602,022 / 510.8; docs/derefl_model.md "Cost").
-         Training defaults and their sources (arXiv 2505.12641v1 builds on DSRNet's recipe):
-           optimiser Adam, lr 1e-4, batch 1 .......... DSRNet (ICCV 2023) training setting
-           data mix 0.6 synthetic VOC / 0.2 real (Zhang et al. 2018) / 0.2 Nature (Li et
-             al. 2020) ........................... DSRNet's fusion dataset (fusion_ratios)
-           crop 224 after resizing to 224-448 px, horizontal flip, rotation by 90/180/270 with
-             p = 0.5 ............................. DSRNet data/sirs_dataset.py paired_data_transforms;
-             here: random scale 1-2x of the crop (data.scale_min/max) and rotation_aug on the device
-           synthetic mixes ........................ DSRNet's recipe (derefl_jax.synthesis, recipe=dsrnet)
-           losses: pixel + gradient on T and R, VGG 0.01, exclusion, reconstruction 0.2 (DSRNet);
-             low/high-frequency 1.0 each ............ the paper names them but gives no weights we
+         Training defaults and their sources. arXiv 2505.12641v1 builds on DSRNet's recipe; every
+         DSRNet number below was read in the official code (github.com/mingcv/DSRNet at commit
+         7953e40: train_sirs.py, train_sirs_4000.py, scripts.sh, options/net_options/train_options.py,
+         models/dsrnet_model_sirs.py, data/sirs_dataset.py):
+           optimiser Adam(betas 0.9/0.999, weight decay 0), lr 1e-4 constant, batch 1
+             ........................................ train_options.py defaults (--lr, --wd,
+             --batchSize), dsrnet_model_sirs.py (torch.optim.Adam); scripts.sh does not override them
+           data mix 0.6 synthetic VOC / 0.2 real (Zhang et al. 2018) / 0.2 Nature (Li et al.
+             2020), 4000 pairs an epoch ............. train_sirs_4000.py FusionDataset (the
+             Nature-trained dsrnet_l_4000 model; the paper reports Nature too). train_sirs.py
+             (dsrnet_l_epoch18) uses 0.7 VOC / 0.3 real: the `dsrnet_l` preset below
+           resize the shorter side to an even 224-448 px (BICUBIC), horizontal flip p = 0.5,
+             rotation by 90/180/270 with p = 0.5, crop 224 ..... sirs_dataset.py
+             paired_data_transforms (--fineSize 224,224); here: random scale 1-2x of the crop
+             (data.scale_min/max) and rotation_aug on the device
+           synthetic mixes ........................ sirs_dataset.py ReflectionSynthesis
+             (derefl_jax.synthesis, recipe=dsrnet)
+           losses: pixel + gradient on T and R, VGG x0.01, exclusion, reconstruction x0.2 with RR
+             ........................................ dsrnet_model_sirs.py get_loss; --lambda_vgg 0.01
+             --lambda_rec 0.2 in scripts.sh
+           low/high-frequency losses 1.0 each ...... the paper names them but gives no weights we
              could find: 1.0 is our choice
-           num_steps 200k, checkpoint/eval every 5k/10k: our choice (the paper's epoch count is
-             not stated in v1); keep = best validation PSNR (the recipe keeps its best epoch);
-             validation = the first test set (Real20): our choice.
+           num_steps 200k, checkpoint/eval every 5k/10k: our choice. DSRNet trains 50 epochs
+             (train_sirs.py `while engine.epoch < 50`), saves and evaluates every epoch, and its
+             released files are single epochs (18, 33): keep = best validation PSNR reads that;
+             validation = the first test set (Real20): our choice. The paper's v1 gives no epoch count.
          Where our data lacks a part: without Nature pairs set --config.data.weights_nature=0 (the
          sampler renormalises the others); data.data_dir reads the same data from prepared tfds sets.
          `--init_from dsrnet_l_epoch18.pt` starts it from released DSRNet weights wherever the
@@ -43,7 +55,9 @@ Presets (select with `--config=train/configs/derefl.py:<preset>`; override any f
          python -m train.derefl --config=train/configs/derefl.py:dsrnet_l --init_from dsrnet_l_epoch18.pt \
              --config.data.root=/data/reflection
          Exact DSRNet-L (ICCV 2023) with its loss set (pixel + gradient on T and R, VGG 0.01,
-         exclusion, reconstruction 0.2 with RR), Adam 1e-4, batch 1 (124,602,022 trainable params,
+         exclusion, reconstruction 0.2 with RR), Adam 1e-4, batch 1, data mix 0.7 VOC / 0.3 real
+         for dsrnet_l (train_sirs.py) and 0.6 / 0.2 / 0.2 with Nature for dsrnet_l_nature
+         (train_sirs_4000.py) (124,602,022 trainable params,
          510.8 GFLOPs at 224x224 by derefl_jax.complexity.count): fine-tunes the released
          weights (or trains from scratch without --init_from). VGG19 from --config.vgg_weights or
          $TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth. DSRNet's numbers (PSNR/SSIM): Real20
@@ -150,7 +164,7 @@ def _paper() -> ml_collections.ConfigDict:
       "data_dir": "",  # prepared tfds datasets (docs/data.md), prepared from root on first use
       "crop": 224, "eval_crop": 0, "batch_size": 1, "pool_size": 0, "eval_pairs": 0,
       "test_sets": ("real20", "objects", "postcard", "wild", "nature"),
-      # DSRNet's fusion of sources: 0.6 synthetic (VOC), 0.2 real (Zhang et al.), 0.2 nature (Li et al.)
+      # DSRNet train_sirs_4000.py's fusion: 0.6 synthetic (VOC), 0.2 real (Zhang et al.), 0.2 nature (Li et al.)
       "weights_synthetic": 0.6, "weights_real": 0.2, "weights_nature": 0.2,
       "scale_min": 1.0, "scale_max": 2.0, "num_workers": 8,
   })
@@ -171,6 +185,8 @@ def _paper() -> ml_collections.ConfigDict:
 def _dsrnet(model_preset: str) -> ml_collections.ConfigDict:
   c = _paper()
   c.model = _model(model_preset)
+  if model_preset == "dsrnet_l":  # train_sirs.py (dsrnet_l_epoch18): FusionDataset [0.7 VOC, 0.3 real]
+    c.data.update({"weights_synthetic": 0.7, "weights_real": 0.3, "weights_nature": 0.0})
   c.variant.update({k: None for k in c.variant})  # exact DSRNet: no paper switch applies
   c.eval.every_steps = 0
   c.loss = _loss(low_freq=0.0, high_freq=0.0)  # DSRNet's set: no frequency-split terms
