@@ -6,17 +6,25 @@
 For each method the script writes a synthetic raw dataset of realistic image sizes into
 ``--workdir`` (kept between runs) and prepares it with the method's tfds builder (timed once:
 ``prepare_s``). Then every **route** (a way of reading the data: the current reader on the raw
-files, or a reader of the prepared dataset) is measured **alone in a fresh process**
-(``--route NAME``): it opens the data (``open_s``), reads one warm-up epoch (the first-epoch
-rate: cold code paths, caches filling), then ``--repeats`` timed epochs, each with its wall time
-and the process's CPU seconds (user + sys of all its threads, ``time.process_time``). The routes
-run one after the other, ``--rounds`` times in alternating order, so a load that drifts over the
-run falls on all of them alike. Reported per route: the median over all timed epochs of items/s
-(wall) and of items per CPU-second, and the ratio of each to the method's current reader. On a
-shared machine the wall rate moves with the other jobs' load; the CPU rate is the work done per
-item and moves much less (it still grows when the cores are oversubscribed: caches, SMT), so a
-wall ratio that the CPU ratio does not confirm is load, not the reader. ``uptime``'s load averages
-before and after each route are printed and stored.
+files, or a reader of the prepared dataset) opens the data (``open_s``), reads one warm-up epoch
+(the first-epoch rate: opening, cold code paths, caches filling) and ``--repeats`` timed epochs,
+each with its wall time and the process's CPU seconds (user + sys of all its threads,
+``time.process_time``):
+
+* ``--mode paired`` (default): a method's routes run in one fresh process, one reader at a time,
+  their timed epochs alternating (the order rotating), so the k-th epochs of all routes ran
+  within seconds of each other: the ratio of a route to the current reader is the median of these
+  paired per-epoch ratios, which a load that drifts over minutes hardly moves;
+* ``--mode process``: every route alone in its own fresh process (no other route's memory or
+  imports), one after the other.
+
+Either way the whole run is repeated ``--rounds`` times in alternating order (new processes).
+Reported per route: the median items/s (wall) and items per CPU-second over all timed epochs, the
+fastest epoch, and the ratios to the method's current reader. On a shared machine the wall rate
+moves with the other jobs' load; the CPU rate is the work per item and moves less (it still grows
+when the cores are oversubscribed: caches, SMT, steal), so a wall ratio that the CPU ratio does not
+confirm is load, not the reader. ``uptime``'s load averages before and after each process are
+printed and stored.
 
 By default every route is a **single reader** (``--threads 0``: the items are read and transformed
 in the main thread, derefl's samplers with one worker), so that items/s is the inverse of the work
@@ -321,6 +329,36 @@ def run_route(name: str, work: Path, args) -> dict:
   return {"route": name, "open_s": open_s, "first": first, "rates": walls, "cpu_rates": cpus}
 
 
+def run_group(group: str, work: Path, args) -> dict[str, dict]:
+  """All routes of ``group`` in this process, one reader at a time: each opened and warmed up (one
+  epoch), then ``repeats`` rounds in which every route reads one epoch, the order rotating each round
+  (so each route's k-th epoch ran next to the others' k-th epoch: a paired comparison)."""
+  names = [f"{group}:{r}" for r in [ROUTES[group][0]] + ROUTES[group][1]]
+  routes, out = {}, {}
+  for name in names:
+    open_, epoch, count = make_route(name, work, args)
+    t0, c0 = time.perf_counter(), time.process_time()
+    state = open_()
+    open_s, open_cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = sum(_count(b) for b in epoch(state, 0))
+    routes[name] = (epoch, state, count)
+    out[name] = {"route": name, "open_s": open_s, "rates": [], "cpu_rates": [],
+                 "first": {"items": n, "wall_s": time.perf_counter() - t0 + open_s,
+                           "cpu_s": time.process_time() - c0 + open_cpu}}
+  for rep in range(args.repeats):
+    for name in names[rep % len(names):] + names[:rep % len(names)]:
+      epoch, state, count = routes[name]
+      t0, c0 = time.perf_counter(), time.process_time()
+      n = sum(_count(b) for b in epoch(state, rep + 1))
+      wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+      if abs(n - count) >= 64:
+        raise RuntimeError(f"{name}: epoch read {n} items, expected about {count}")
+      out[name]["rates"].append(n / wall)
+      out[name]["cpu_rates"].append(n / cpu)
+  return out
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 def _load() -> str:
@@ -343,12 +381,19 @@ def main(argv=None):
   p.add_argument("--routes", nargs="*", default=None, help="only these groups (e.g. lcdh_arrays derefl_test)")
   p.add_argument("--no-prepare", action="store_true", help="reuse the prepared datasets in --workdir")
   p.add_argument("--json", default="")
+  p.add_argument("--mode", default="paired", choices=["paired", "process"],
+                 help="paired: a method's routes in one process, epochs alternating (default); process: "
+                      "every route alone in its own process")
   p.add_argument("--route", default="", help=argparse.SUPPRESS)  # internal: run one route, print JSON
+  p.add_argument("--group", default="", help=argparse.SUPPRESS)  # internal: run one group, print JSON
   args = p.parse_args(argv)
   work = Path(args.workdir)
   work.mkdir(parents=True, exist_ok=True)
   if args.route:
     print("ROUTE_RESULT " + json.dumps(run_route(args.route, work, args)))
+    return None
+  if args.group:
+    print("ROUTE_RESULT " + json.dumps(run_group(args.group, work, args)))
     return None
 
   groups = [g for g in ROUTES if any(g.startswith(m) for m in args.methods)
@@ -363,37 +408,47 @@ def main(argv=None):
                  f"--derefl-voc={args.derefl_voc}", f"--derefl-steps={args.derefl_steps}"]
   names = [f"{g}:{r}" for g in groups for r in [ROUTES[g][0]] + ROUTES[g][1]]
   results: dict[str, list[dict]] = {n: [] for n in names}
+  jobs = names if args.mode == "process" else groups
   for rnd in range(args.rounds):
-    for name in (names if rnd % 2 == 0 else names[::-1]):
+    for job in (jobs if rnd % 2 == 0 else jobs[::-1]):
       before = _load()
-      r = subprocess.run([sys.executable, __file__, f"--route={name}", *passthrough], capture_output=True,
+      flag = "--route" if args.mode == "process" else "--group"
+      r = subprocess.run([sys.executable, __file__, f"{flag}={job}", *passthrough], capture_output=True,
                          text=True, cwd=str(ROOT))
       line = [l for l in r.stdout.splitlines() if l.startswith("ROUTE_RESULT ")]
       if r.returncode != 0 or not line:
-        raise RuntimeError(f"route {name} failed:\n{r.stderr[-3000:]}")
+        raise RuntimeError(f"{job} failed:\n{r.stderr[-3000:]}")
       res = json.loads(line[-1][len("ROUTE_RESULT "):])
-      res["load_before"], res["load_after"] = before, _load()
-      results[name].append(res)
-      print(f"round {rnd} {name}: median {np.median(res['rates']):.1f} items/s, "
-            f"{np.median(res['cpu_rates']):.1f} items/CPU-s, load {before} -> {res['load_after']}", flush=True)
+      for one in ([res] if args.mode == "process" else list(res.values())):
+        one["load_before"], one["load_after"] = before, _load()
+        results[one["route"]].append(one)
+        print(f"round {rnd} {one['route']}: median {np.median(one['rates']):.1f} items/s, "
+              f"{np.median(one['cpu_rates']):.1f} items/CPU-s, load {before} -> {one['load_after']}", flush=True)
 
   rows = []
   for g in groups:
     cur = f"{g}:{ROUTES[g][0]}"
     med = lambda n, k: float(np.median([x for r in results[n] for x in r[k]]))  # noqa: E731
+    # paired: the route's k-th timed epoch over the current reader's k-th one (same round)
+    paired = lambda n, k: float(np.median([a / b for ra, rb in zip(results[n], results[cur])  # noqa: E731
+                                           for a, b in zip(ra[k], rb[k])]))
     best = lambda n, k: float(np.max([x for r in results[n] for x in r[k]]))  # noqa: E731
     for name in [cur] + [f"{g}:{r}" for r in ROUTES[g][1]]:
       firsts = [r["first"]["items"] / r["first"]["wall_s"] for r in results[name]]
       rows.append({"group": g, "what": WHAT[g], "route": name.split(":")[1], "rate": med(name, "rates"),
-                   "cpu_rate": med(name, "cpu_rates"), "ratio": med(name, "rates") / med(cur, "rates"),
-                   "cpu_ratio": med(name, "cpu_rates") / med(cur, "cpu_rates"),
+                   "cpu_rate": med(name, "cpu_rates"), "ratio": paired(name, "rates"),
+                   "cpu_ratio": paired(name, "cpu_rates"),
                    "best": best(name, "rates"), "best_ratio": best(name, "rates") / best(cur, "rates"),
                    "first": float(np.median(firsts)), "open_s": float(np.median([r["open_s"] for r in results[name]])),
                    "prepare_s": prep.get(g), "loads": [(r["load_before"], r["load_after"]) for r in results[name]]})
+  how = ("each route alone in its own process" if args.mode == "process" else
+         "a method's routes in one process, epochs alternating")
   print(f"\n{platform.node()} ({os.cpu_count()} CPUs), {args.threads} read threads, 1 warm-up + {args.repeats} timed "
-        f"epochs x {args.rounds} rounds per route, each route alone in its own process; load average now {_load()}")
+        f"epochs x {args.rounds} rounds per route, {how}; load average now {_load()}")
   print("steady = median items/s of the timed epochs (best = the fastest epoch); CPU = median items per "
-        "CPU-second (all threads); ratios vs the group's current reader; first = the warm-up epoch incl. opening")
+        "CPU-second (all threads); ratio / CPU ratio = median over the timed epochs of the route's rate over "
+        "the current reader's in the same round and repeat; best ratio = best over best; first = the warm-up "
+        "epoch incl. opening")
   print("| data | route | steady items/s | ratio | best items/s | ratio | items/CPU-s | CPU ratio | "
         "first epoch items/s | open s | prepare s |")
   print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

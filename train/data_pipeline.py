@@ -172,7 +172,9 @@ def make_dataset(source: Sequence[Any], *, transform: Callable[[Any, int], Any] 
   positions in ``source``; it returns the batch (e.g. the stacked elements of ``transform``).
   The batch of every step holds the same records in the same order as with ``transform``.
   ``cache(record, index) -> value``: each record is decoded once per process (``CachedSource``)
-  and the transforms receive the decoded value instead of the record.
+  and the transforms receive the decoded value instead of the record. The cache lives with the
+  returned dataset (all its epochs); to share it between datasets (e.g. one per epoch), pass them
+  the same ``CachedSource(source, decode)`` as ``source`` instead.
   """
   import grain
   if batch_transform is not None and transform is not None:
