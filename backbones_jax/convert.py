@@ -484,3 +484,37 @@ def load_clip(name_or_path: str | os.PathLike, dtype=jnp.float32, param_dtype=jn
   if looks_like_path:
     raise FileNotFoundError(f"no such CLIP checkpoint file or directory: {path}")
   return load_hf_clip(_download_hub(path), dtype, param_dtype, remat)
+
+
+# ----------------------------------------------------------------------------- Orbax train states
+def restore_on_one_device(state_dir: str | os.PathLike) -> Any:
+  """A train state saved by Orbax on any device mesh (2 CPU devices, 8 TPU cores...) -> on one device.
+
+  Orbax refuses to restore a sharded checkpoint on another topology without a target, so the
+  target is built from the checkpoint's own metadata (shapes, dtypes) with single-device
+  shardings. Raises :class:`CheckpointFormatError` naming the directory when it cannot be read.
+  Used by the methods' offline tools (``lcdh_jax.search``, ``derefl_jax.predict``).
+  """
+  import logging
+  import warnings
+
+  import orbax.checkpoint as ocp
+
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  ckptr = ocp.StandardCheckpointer()
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # "metadata file does not exist" notices
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      meta = ckptr.metadata(state_dir)
+      tree = getattr(meta, "item_metadata", meta)
+      tree = getattr(tree, "tree", tree)
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding)
+                            if hasattr(m, "shape") and hasattr(m, "dtype") else m, tree)
+      return ckptr.restore(state_dir, target)
+  except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged checkpoint
+    raise CheckpointFormatError(f"cannot restore the checkpoint {state_dir}: {type(e).__name__}: {e}") from None
+  finally:
+    absl_logger.setLevel(level)

@@ -47,7 +47,6 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,59 +95,24 @@ def load_predictor(checkpoint: str | os.PathLike, *, step: int | None = None, **
 
     ``predictor_kwargs`` go to ``Predictor`` (max_pixels, tile, overlap, large, batch).
     """
-    import orbax.checkpoint as ocp
-
     from derefl_jax import models
 
     state_dir, model_file = find_checkpoint(checkpoint, step)
     spec = json.loads(model_file.read_text())
     fields = dict(spec.get("fields", {}))
     model = models.build_model(spec.get("preset", "tiny"), **fields)
+    from backbones_jax.convert import CheckpointFormatError, restore_on_one_device
+
     try:
-        restored = _restore_single_device(state_dir.resolve())
-    except Exception as e:  # noqa: BLE001 - orbax raises many types
-        raise ValueError(f"Could not restore the checkpoint in {state_dir}: {type(e).__name__}: {e}") from None
+        restored = restore_on_one_device(state_dir.resolve())
+    except CheckpointFormatError as e:
+        raise ValueError(f"Could not restore the checkpoint in {state_dir}: {e}") from None
     if "params" not in restored:
         raise ValueError(f"{state_dir} holds no 'params': not a derefl train state.")
     import jax
 
     params = jax.device_get(models.merge_params(restored["params"], restored.get("frozen") or {}))
     return Predictor(model, params, **predictor_kwargs)
-
-
-def _restore_single_device(state_dir: Path) -> dict:
-    """Restores a TrainState saved on any device mesh (e.g. 2 CPU devices, 8 TPU cores) onto one device.
-
-    Orbax refuses to restore a sharded checkpoint on another topology without a target, so the
-    target is built from the checkpoint's own metadata (shapes, dtypes) with single-device shardings.
-    """
-    import logging
-
-    import jax
-    import orbax.checkpoint as ocp
-
-    device = jax.local_devices()[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
-    ckptr = ocp.StandardCheckpointer()
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)  # "metadata file does not exist" notices
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            meta = ckptr.metadata(state_dir)
-            tree = getattr(meta, "item_metadata", meta)
-            tree = getattr(tree, "tree", tree)
-
-            def to_target(m):
-                if hasattr(m, "shape") and hasattr(m, "dtype"):
-                    return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding)
-                return m
-
-            target = jax.tree.map(to_target, tree)
-            return ckptr.restore(state_dir, target)
-    finally:
-        absl_logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- geometry helpers

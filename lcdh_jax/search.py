@@ -115,30 +115,14 @@ def find_student_checkpoint(run_dir: str | os.PathLike, *, bits: int | None = No
 
 def _restore_params(state_dir: Path) -> Any:
   """The ``params`` of a TrainState saved on any device mesh, restored onto one device as numpy."""
-  import logging
-  import warnings
-
   import jax
-  import orbax.checkpoint as ocp
 
-  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  ckptr = ocp.StandardCheckpointer()
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)
+  from backbones_jax.convert import CheckpointFormatError, restore_on_one_device
+
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore")
-      meta = ckptr.metadata(state_dir)
-      tree = getattr(meta, "item_metadata", meta)
-      tree = getattr(tree, "tree", tree)
-      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding)
-                            if hasattr(m, "shape") and hasattr(m, "dtype") else m, tree)
-      restored = ckptr.restore(state_dir, target)
-  except Exception as e:  # noqa: BLE001 - orbax raises many types for a damaged checkpoint
-    raise SearchError(f"cannot restore the checkpoint {state_dir}: {type(e).__name__}: {e}") from None
-  finally:
-    absl_logger.setLevel(level)
+    restored = restore_on_one_device(state_dir)
+  except CheckpointFormatError as e:
+    raise SearchError(str(e)) from None
   if not isinstance(restored, dict) or "params" not in restored:
     raise SearchError(f"{state_dir} holds no 'params': not an LCDH student train state.")
   return jax.device_get(restored["params"])
