@@ -82,6 +82,9 @@ def test_variant_maps_to_model_loss_and_training():
   assert spec["stem"] == "conv" and spec["prior_normalize"] is True and spec["middle_blocks"] == 8
   cfg.model.middle_blocks = 3  # an explicit model field wins
   assert derefl.model_spec(cfg)["fields"]["middle_blocks"] == 3
+  assert derefl.build(cfg).remat is False
+  cfg.model.remat = True  # memory only: allowed to change on resume
+  assert derefl.build(cfg).remat is True and "model.remat" in derefl.RESUMABLE_KEYS
   assert derefl._synthesis_kwargs(cfg)["rotation_aug"] is True
   cfg.variant.rotation_aug = False
   assert "rotation_aug" not in derefl._synthesis_kwargs(cfg)
