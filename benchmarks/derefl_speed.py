@@ -47,15 +47,25 @@ from train.configs import derefl as derefl_config  # noqa: E402
 from train.state import TrainState, compile_train_step  # noqa: E402
 
 
-def _median_time(fn, repeats: int) -> tuple[float, float]:
+def _cpu_s() -> float:
+  import resource
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def _median_time(fn, repeats: int, cpu: dict | None = None) -> tuple[float, float]:
+  """(median seconds of ``repeats`` calls after a first one, first-call seconds); ``cpu['per_call']``
+  gets this process's user+sys CPU seconds per timed call (interpretable on a loaded machine)."""
   t0 = time.perf_counter()
   jax.block_until_ready(fn())
   compile_s = time.perf_counter() - t0
-  times = []
+  times, c0 = [], _cpu_s()
   for _ in range(repeats):
     t0 = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t0)
+  if cpu is not None:
+    cpu["per_call"] = (_cpu_s() - c0) / repeats
   return float(np.median(times)), compile_s
 
 
@@ -112,7 +122,7 @@ def _peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KB on Linux
 
 
-def _child(kind: str, part: str, size: int, repeats: int) -> dict:
+def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) -> dict:
   """One measurement in this (fresh) process: kind 'ours' | 'official', part 'fwd' | 'train'."""
   rng = np.random.default_rng(0)
   x = rng.random((1, size, size, 3), np.float32)
@@ -152,19 +162,22 @@ def _child(kind: str, part: str, size: int, repeats: int) -> dict:
     times, t0 = [], time.perf_counter()
     fn()
     first = time.perf_counter() - t0
+    c0 = _cpu_s()
     for _ in range(repeats):
       t0 = time.perf_counter()
       fn()
       times.append(time.perf_counter() - t0)
     return {"kind": kind, "part": part, "size": size, "seconds": float(np.median(times)), "first_call_s": first,
-            "torch_threads": torch.get_num_threads(), "peak_rss_gb": _peak_rss_gb()}
-  # DEREFL_REMAT=1: rematerialise the MuGI blocks in the training step (did not lower XLA's peak at 224²)
-  model = models.build_model("dsrnet_l", remat=(part == "train" and os.environ.get("DEREFL_REMAT", "0") == "1"))
+            "cpu_s_per_call": (_cpu_s() - c0) / repeats, "torch_threads": torch.get_num_threads(),
+            "peak_rss_gb": _peak_rss_gb()}
+  # remat (training step only): every block's activations recomputed in the backward (models.remat_call)
+  model = models.build_model("dsrnet_l", remat=(part == "train" and remat))
+  extra, cpu = {}, {}
   trainable, frozen = models.init_params(model, 0)
   if part == "fwd":
     params = models.merge_params(trainable, frozen)
     fwd = jax.jit(lambda p, x: {k: v for k, v in model.apply({"params": p}, x)[0].items() if k in ("T", "R", "RR")})
-    sec, comp = _median_time(lambda: fwd(params, x), repeats)
+    sec, comp = _median_time(lambda: fwd(params, x), repeats, cpu)
   else:
     cfg = derefl_config.get_config("dsrnet_l")
     step = functools.partial(train_derefl.train_step, model=model, loss_config=cfg.loss.to_dict(),
@@ -173,16 +186,22 @@ def _child(kind: str, part: str, size: int, repeats: int) -> dict:
     state = TrainState.create(params=trainable, tx=train_derefl.make_optimizer(cfg), rng=jax.random.PRNGKey(0),
                               frozen=frozen)
     batch = {"t": t_img, "r": r_img, "blended": np.clip(t_img + r_img, 0, 1), "synthetic": np.zeros(1, bool)}
-    compiled = jax.jit(step, donate_argnums=(0,))
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch, jax.random.PRNGKey(2)).compile()
+    extra["compile_s"] = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    extra["xla_temp_gb"] = mem.temp_size_in_bytes / 1e9
+    extra["xla_args_gb"] = mem.argument_size_in_bytes / 1e9
     holder = {"state": state}
 
     def one():
       holder["state"], m = compiled(holder["state"], batch, jax.random.PRNGKey(2))
       return m["loss"]
 
-    sec, comp = _median_time(one, repeats)
+    sec, comp = _median_time(one, repeats, cpu)
   return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": comp,
-          "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb()}
+          "cpu_s_per_call": cpu["per_call"], "remat": bool(part == "train" and remat),
+          "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb(), **extra}
 
 
 def _mem_available_gb() -> float:
@@ -196,7 +215,7 @@ def _mem_available_gb() -> float:
   return float("inf")
 
 
-def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 18.0) -> list[dict]:
+def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 18.0, remat: bool = True) -> list[dict]:
   import subprocess
   rows = []
   for part in parts:
@@ -209,7 +228,8 @@ def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 
         rows.append(row)
         print(json.dumps(row), flush=True)
         continue
-      cmd = [sys.executable, __file__, "--_child", kind, part, "--size", str(size), "--repeats", str(repeats)]
+      cmd = [sys.executable, __file__, "--_child", kind, part, "--size", str(size), "--repeats", str(repeats),
+             "--remat", str(int(remat))]
       t0 = time.perf_counter()
       res = subprocess.run(cmd, env=env, capture_output=True, text=True)
       line = [l for l in res.stdout.splitlines() if l.startswith("{")]
@@ -220,16 +240,18 @@ def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 
       row["wall_s"] = time.perf_counter() - t0
       rows.append(row)
       print(json.dumps(row), flush=True)
-  lines = ["| part | official s/img | ours s/img | speed ratio (ours/official img/s) | official peak GB | ours peak GB | memory ratio |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["| part | official s/img | ours s/img | speed (ours img/s / official) | official CPU-s/img | ours CPU-s/img "
+           "| CPU ratio (official / ours) | official peak GB | ours peak GB | memory ratio (ours / official) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for part in parts:
     o = next(r for r in rows if r["kind"] == "official" and r["part"] == part)
     u = next(r for r in rows if r["kind"] == "ours" and r["part"] == part)
     if "seconds" in o and "seconds" in u:
       lines.append(f"| {part} {size}² | {o['seconds']:.2f} | {u['seconds']:.2f} | {o['seconds'] / u['seconds']:.2f}x "
+                   f"| {o['cpu_s_per_call']:.1f} | {u['cpu_s_per_call']:.1f} | {o['cpu_s_per_call'] / u['cpu_s_per_call']:.2f}x "
                    f"| {o['peak_rss_gb']:.1f} | {u['peak_rss_gb']:.1f} | {u['peak_rss_gb'] / o['peak_rss_gb']:.2f} |")
     else:
-      lines.append(f"| {part} {size}² | {o.get('seconds', 'failed')} | {u.get('seconds', 'failed')} | - | - | - | - |")
+      lines.append(f"| {part} {size}² | {o.get('seconds', 'failed')} | {u.get('seconds', 'failed')} | - | - | - | - | - | - | - |")
   print("\n".join(lines))
   return rows
 
@@ -261,13 +283,15 @@ def main(argv=None) -> list[dict]:
   p.add_argument("--official-parts", nargs="+", default=["fwd", "train"], choices=["fwd", "train"])
   p.add_argument("--min-free-gb", type=float, default=18.0,
                  help="skip a training-step child when less memory is available (official DSRNet-L at 224: ~17 GB)")
+  p.add_argument("--remat", type=int, default=1, choices=[0, 1],
+                 help="ours, training step: recompute block activations in the backward (models.remat_call)")
   p.add_argument("--_child", nargs=2, default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args._child:
-    print(json.dumps(_child(args._child[0], args._child[1], args.size, args.repeats)), flush=True)
+    print(json.dumps(_child(args._child[0], args._child[1], args.size, args.repeats, bool(args.remat))), flush=True)
     return []
   if args.vs_official:
-    rows = vs_official(args.size, args.official_parts, args.repeats, args.min_free_gb)
+    rows = vs_official(args.size, args.official_parts, args.repeats, args.min_free_gb, bool(args.remat))
     if args.json:
       Path(args.json).write_text(json.dumps(rows, indent=2))
     return rows
