@@ -53,12 +53,36 @@ def _cpu_s() -> float:
   return r.ru_utime + r.ru_stime
 
 
+def _reset_peak_rss() -> None:
+  """Linux: reset this process's resident-set high-water mark (VmHWM) to its current RSS."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+  except OSError:
+    pass
+
+
+def _hwm_gb() -> float:
+  """VmHWM (GB): the peak RSS since the last _reset_peak_rss (or the process start)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024 ** 2
+  except OSError:
+    pass
+  return float("nan")
+
+
 def _median_time(fn, repeats: int, cpu: dict | None = None) -> tuple[float, float]:
   """(median seconds of ``repeats`` calls after a first one, first-call seconds); ``cpu['per_call']``
-  gets this process's user+sys CPU seconds per timed call (interpretable on a loaded machine)."""
+  gets this process's user+sys CPU seconds per timed call (interpretable on a loaded machine) and
+  ``cpu['steady_peak_gb']`` the peak RSS during the timed calls only (compilation and the first call
+  excluded)."""
   t0 = time.perf_counter()
   jax.block_until_ready(fn())
   compile_s = time.perf_counter() - t0
+  _reset_peak_rss()
   times, c0 = [], _cpu_s()
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -66,6 +90,7 @@ def _median_time(fn, repeats: int, cpu: dict | None = None) -> tuple[float, floa
     times.append(time.perf_counter() - t0)
   if cpu is not None:
     cpu["per_call"] = (_cpu_s() - c0) / repeats
+    cpu["steady_peak_gb"] = _hwm_gb()
   return float(np.median(times)), compile_s
 
 
@@ -162,6 +187,7 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
     times, t0 = [], time.perf_counter()
     fn()
     first = time.perf_counter() - t0
+    _reset_peak_rss()
     c0 = _cpu_s()
     for _ in range(repeats):
       t0 = time.perf_counter()
@@ -169,7 +195,7 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
       times.append(time.perf_counter() - t0)
     return {"kind": kind, "part": part, "size": size, "seconds": float(np.median(times)), "first_call_s": first,
             "cpu_s_per_call": (_cpu_s() - c0) / repeats, "torch_threads": torch.get_num_threads(),
-            "peak_rss_gb": _peak_rss_gb()}
+            "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": _hwm_gb()}
   # remat (training step only): every block's activations recomputed in the backward (models.remat_call)
   model = models.build_model("dsrnet_l", remat=(part == "train" and remat))
   extra, cpu = {}, {}
@@ -201,7 +227,8 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
     sec, comp = _median_time(one, repeats, cpu)
   return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": comp,
           "cpu_s_per_call": cpu["per_call"], "remat": bool(part == "train" and remat),
-          "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb(), **extra}
+          "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
+          **extra}
 
 
 def _mem_available_gb() -> float:
@@ -241,17 +268,20 @@ def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 
       rows.append(row)
       print(json.dumps(row), flush=True)
   lines = ["| part | official s/img | ours s/img | speed (ours img/s / official) | official CPU-s/img | ours CPU-s/img "
-           "| CPU ratio (official / ours) | official peak GB | ours peak GB | memory ratio (ours / official) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| CPU ratio (official / ours) | official peak GB | ours peak GB | memory ratio (ours / official) "
+           "| official steady peak GB | ours steady peak GB | steady ratio |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for part in parts:
     o = next(r for r in rows if r["kind"] == "official" and r["part"] == part)
     u = next(r for r in rows if r["kind"] == "ours" and r["part"] == part)
     if "seconds" in o and "seconds" in u:
       lines.append(f"| {part} {size}² | {o['seconds']:.2f} | {u['seconds']:.2f} | {o['seconds'] / u['seconds']:.2f}x "
                    f"| {o['cpu_s_per_call']:.1f} | {u['cpu_s_per_call']:.1f} | {o['cpu_s_per_call'] / u['cpu_s_per_call']:.2f}x "
-                   f"| {o['peak_rss_gb']:.1f} | {u['peak_rss_gb']:.1f} | {u['peak_rss_gb'] / o['peak_rss_gb']:.2f} |")
+                   f"| {o['peak_rss_gb']:.1f} | {u['peak_rss_gb']:.1f} | {u['peak_rss_gb'] / o['peak_rss_gb']:.2f} "
+                   f"| {o['steady_peak_gb']:.1f} | {u['steady_peak_gb']:.1f} | {u['steady_peak_gb'] / o['steady_peak_gb']:.2f} |")
     else:
-      lines.append(f"| {part} {size}² | {o.get('seconds', 'failed')} | {u.get('seconds', 'failed')} | - | - | - | - | - | - | - |")
+      lines.append(f"| {part} {size}² | {o.get('seconds', 'failed')} | {u.get('seconds', 'failed')} "
+                   "| - | - | - | - | - | - | - | - | - | - |")
   print("\n".join(lines))
   return rows
 
