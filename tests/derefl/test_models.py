@@ -216,8 +216,8 @@ def test_tiny_forward_outputs(tiny):
 def test_remat_same_params_and_gradients_and_less_memory():
   """remat=True (every block through models.remat_call): same parameter names and gradients, and
   the backward's peak temp memory (XLA's own buffer assignment) goes down -- with nn.remat it did not."""
-  kw = dict(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), hf_blocks=1, max_heads=2,
-            vgg_width_divisor=8, lrm_blocks=(1, 2))
+  kw = dict(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), hf_blocks=0, max_heads=2,
+            vgg_width_divisor=8, lrm_blocks=(1, 1))  # MuGI, attention, LRM (MuGI + NAFNet) blocks
   plain, remat = models.build_model("tiny", **kw), models.build_model("tiny", remat=True, **kw)
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 32, 32, 3)), jnp.float32)
   tr, fr = models.init_params(plain, 0)
