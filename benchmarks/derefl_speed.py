@@ -19,8 +19,12 @@ from tests/derefl/dsrnet_ref.py):
 
 runs each of {ours, official} x {forward, training step} in its own subprocess (batch 1, random
 weights, all parameters trained, Adam 1e-4, DSRNet's loss set: 0.3 MSE + 0.6 gradient L1 on T and
-R, VGG perceptual x0.01, exclusion, reconstruction 0.2 * L1(T + R + RR, I)), and reports images/s
-and the peak resident memory of each process (``ru_maxrss``), as ratios ours / official.
+R, VGG perceptual x0.01, exclusion, reconstruction 0.2 * L1(T + R + RR, I)), and reports images/s,
+CPU seconds per call (user + sys of the process: still meaningful on a loaded machine), the peak
+resident memory of each process (``ru_maxrss``, compilation included) and the steady-state peak
+(VmHWM reset after the first call: the memory the repeated calls need), as ratios ours / official.
+Ours' training step recomputes every block in the backward pass (``--remat 1``, the default;
+``derefl_jax.models.remat_call``): without it DSRNet-L's step at 224² does not fit in 24 GB here.
 """
 from __future__ import annotations
 
