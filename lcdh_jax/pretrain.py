@@ -19,6 +19,13 @@ learned colour and texture but not the shapes of the synthetic data in a CPU bud
 supervised measurements in docs/lcdh.md). A warmup of ~40 steps is needed: shorter ones collapsed
 the embeddings (loss stuck at log(batch)).
 
+Time (the demo's setting, 600 steps of 128 pairs): the tower first folds 2x2 pixel blocks into
+channels (``space_to_depth``, lossless), so its convs and LayerNorms run at 16x16 instead of
+32x32; on XLA:CPU the backward of those full-resolution layers (the channel LayerNorm above all)
+took most of a step. With widths (32, 64) and a 1-layer text transformer a step costs ~55 ms of
+CPU against ~210 ms for ``SmallCNN((16, 32, 64))`` on 32x32 with 2 text layers, and the held-out
+label probe is as good (docs/lcdh.md, "The demo's CLIP is pretrained").
+
 * ``ConvCLIP``, ``init_model``, ``encode_image``/``encode_text``: the models and their encoders.
 * ``clip_loss``: the symmetric InfoNCE (pure).
 * ``pretrain_clip``: ``steps`` AdamW steps (warmup + cosine) on a corpus; data-parallel over the
@@ -45,7 +52,7 @@ import optax
 
 from lcdh_jax import models, synthetic
 
-__all__ = ["ConvCLIP", "encode_image", "encode_text", "PretrainConfig", "caption_tokenizer", "clip_loss", "pretrain_clip",
+__all__ = ["ConvCLIP", "space_to_depth", "encode_image", "encode_text", "PretrainConfig", "caption_tokenizer", "clip_loss", "pretrain_clip",
            "retrieval_accuracy", "encode_corpus", "pretrained_tiny_clip", "pretrain_cache_paths"]
 
 
@@ -54,12 +61,15 @@ class ConvCLIP(nn.Module):
 
   The text tower, projections and logit scale are CLIP's (``backbones_jax.clip``, from
   ``spec``); the image tower is ``models.SmallCNN(cnn_widths)`` (mean+max pooled), as CLIP's
-  ResNet variants put a conv net under the same contrastive head. A ViT tower as small as the
-  demo's did not learn the shapes of the synthetic data in a CPU budget (docs/lcdh.md); this one
-  does. ``__call__`` returns ``image_embeds`` (B, P) and ``text_embeds`` (B, P), not normalised.
+  ResNet variants put a conv net under the same contrastive head, applied after
+  ``space_to_depth(images, space_to_depth)`` ((B, S, S, 3) -> (B, S/f, S/f, 3f^2); f = 1: none).
+  A ViT tower as small as the demo's did not learn the shapes of the synthetic data in a CPU
+  budget (docs/lcdh.md); this one does. ``__call__`` returns ``image_embeds`` (B, P) and
+  ``text_embeds`` (B, P), not normalised.
   """
   spec: Any
   cnn_widths: tuple[int, ...] = (16, 32, 64)
+  space_to_depth: int = 1
 
   def setup(self):
     from backbones_jax import clip as clip_lib
@@ -74,7 +84,7 @@ class ConvCLIP(nn.Module):
 
   def get_image_features(self, images):
     """(B, S, S, 3) CLIP-normalised -> (B, P)."""
-    return self.visual_projection(self.vision_model(images))
+    return self.visual_projection(self.vision_model(space_to_depth(images, self.space_to_depth)))
 
   def get_text_features(self, input_ids, attention_mask=None):
     """ids (B, L), mask (B, L) -> (B, P)."""
@@ -84,6 +94,20 @@ class ConvCLIP(nn.Module):
   def __call__(self, images, input_ids, attention_mask=None):
     return {"image_embeds": self.get_image_features(images),
             "text_embeds": self.get_text_features(input_ids, attention_mask)}
+
+
+def space_to_depth(images: jax.Array, factor: int) -> jax.Array:
+  """Fold each ``factor x factor`` pixel block into channels: (B, H, W, C) -> (B, H/f, W/f, f*f*C).
+
+  Lossless (a reshape); a conv net on the result computes at 1/f^2 of the positions.
+  """
+  if factor == 1:
+    return images
+  b, h, w, c = images.shape
+  if h % factor or w % factor:
+    raise ValueError(f"space_to_depth: image size {h}x{w} is not a multiple of {factor}.")
+  x = images.reshape(b, h // factor, factor, w // factor, factor, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, h // factor, w // factor, factor * factor * c)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -107,12 +131,14 @@ def encode_text(model, params, input_ids, attention_mask) -> jax.Array:
                       jnp.asarray(attention_mask)).astype(jnp.float32)
 
 
-def init_model(spec, *, seed: int = 0, cnn_widths: tuple[int, ...] | None = None):
-  """``(model, params)``: ``ConvCLIP(spec, cnn_widths)``, or CLIP's ViT when ``cnn_widths`` is None."""
+def init_model(spec, *, seed: int = 0, cnn_widths: tuple[int, ...] | None = None,
+               space_to_depth: int = 1):
+  """``(model, params)``: ``ConvCLIP(spec, cnn_widths, space_to_depth)``, or CLIP's ViT when
+  ``cnn_widths`` is None."""
   from backbones_jax import clip as clip_lib
   if cnn_widths is None:
     return clip_lib.init_clip(spec, seed=seed)
-  model = ConvCLIP(spec, tuple(cnn_widths))
+  model = ConvCLIP(spec, tuple(cnn_widths), space_to_depth)
   s = spec.vision.image_size
   params = clip_lib.init_params(model, jax.random.key(seed), jnp.zeros((1, s, s, 3)),
                                 jnp.zeros((1, spec.text.max_position_embeddings), jnp.int32))
@@ -132,6 +158,7 @@ class PretrainConfig:
   max_objects: int = 2
   noise_tags: int = 2           # distractor words per caption (as the demo data)
   group_size: int = 0           # >0: hard-negative batches (see ``pretrain_clip``)
+  space_to_depth: int = 1       # conv tower: fold f x f pixel blocks into channels first (demo: 2)
   object_size: tuple[float, float] = (0.25, 0.5)  # shape sizes, fractions of the image side
   seed: int = 0                 # corpus stream (seed, PRETRAIN_STREAM), init and batch order
 
@@ -276,13 +303,18 @@ def pretrain_clip(model, params, *, images: np.ndarray, input_ids: np.ndarray,
 
 def encode_corpus(model, params, *, images: np.ndarray, input_ids: np.ndarray,
                   attention_mask: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-  """Projected CLIP embeddings of N pairs: uint8 images (N,S,S,3), ids/mask (N,L) -> (N,P), (N,P)."""
+  """Projected CLIP embeddings of N pairs: uint8 images (N,S,S,3), ids/mask (N,L) -> (N,P), (N,P).
+
+  A short last batch is padded (edge rows) to ``batch_size``, so each encoder compiles once.
+  """
   img, txt = [], []
   n = images.shape[0]
   for s in range(0, n, batch_size):
-    sl = slice(s, min(s + batch_size, n))
-    img.append(np.asarray(encode_image(model, params, _normalize_uint8(images[sl]))))
-    txt.append(np.asarray(encode_text(model, params, input_ids[sl], attention_mask[sl])))
+    m = min(batch_size, n - s)
+    pad = lambda x: np.pad(x[s:s + m], [(0, batch_size - m if n > batch_size else 0)]
+                           + [(0, 0)] * (x.ndim - 1), mode="edge")
+    img.append(np.asarray(encode_image(model, params, _normalize_uint8(pad(images))))[:m])
+    txt.append(np.asarray(encode_text(model, params, pad(input_ids), pad(attention_mask)))[:m])
   return np.concatenate(img), np.concatenate(txt)
 
 
@@ -325,8 +357,8 @@ def pretrained_tiny_clip(spec, cfg: PretrainConfig, *, cache_dir: str | os.PathL
                          log: Callable[[str], None] | None = None) -> tuple[Any, Any, dict]:
   """A tiny CLIP pretrained with ``clip_loss``, cached on disk.
 
-  ``ConvCLIP(spec, cnn_widths)`` when ``cnn_widths`` is given (the demo), else the ViT
-  ``backbones_jax.clip.CLIP(spec)``.
+  ``ConvCLIP(spec, cnn_widths, cfg.space_to_depth)`` when ``cnn_widths`` is given (the demo),
+  else the ViT ``backbones_jax.clip.CLIP(spec)`` (``cfg.space_to_depth`` must then be 1).
 
   ``spec`` must use ``caption_tokenizer(context_length)``'s vocabulary (``vocab_size``,
   ``eos_token_id``). The cache key is every field of ``cfg``, the spec, ``init_seed`` and the
@@ -347,11 +379,16 @@ def pretrained_tiny_clip(spec, cfg: PretrainConfig, *, cache_dir: str | os.PathL
   if cfg.image_size != spec.vision.image_size:
     raise ValueError(f"the corpus image_size ({cfg.image_size}) must equal the CLIP's input size "
                      f"({spec.vision.image_size}).")
+  f = cfg.space_to_depth
+  if f < 1 or cfg.image_size % f or (f > 1 and cnn_widths is None):
+    raise ValueError(f"space_to_depth={f} needs the conv image tower (cnn_widths) and must be >= 1 "
+                     f"and divide image_size={cfg.image_size}.")
   key = {"pretrain": dataclasses.asdict(cfg), "spec": repr(spec), "init_seed": int(init_seed),
          "vocab": list(tok.words), "context_length": int(context_length),
          "image_tower": "vit" if cnn_widths is None else f"cnn{list(cnn_widths)}", "version": 1}
   key = json.loads(json.dumps(key))  # as it reads back from the JSON file (tuples -> lists)
-  model = clip_lib.CLIP(spec) if cnn_widths is None else ConvCLIP(spec, tuple(cnn_widths))
+  model = (clip_lib.CLIP(spec) if cnn_widths is None
+           else ConvCLIP(spec, tuple(cnn_widths), cfg.space_to_depth))
   s = spec.vision.image_size
   abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)),
                             jnp.zeros((1, spec.text.max_position_embeddings), jnp.int32))["params"]
@@ -376,7 +413,8 @@ def pretrained_tiny_clip(spec, cfg: PretrainConfig, *, cache_dir: str | os.PathL
                                     object_size=tuple(cfg.object_size),
                                     show_progress=show_progress)
   ids, mask = tok(corpus.captions)
-  _, params = init_model(spec, seed=init_seed, cnn_widths=cnn_widths)
+  _, params = init_model(spec, seed=init_seed, cnn_widths=cnn_widths,
+                         space_to_depth=cfg.space_to_depth)
   tr = slice(0, cfg.num_samples)
   ev = slice(cfg.num_samples, None)
   before = retrieval_accuracy(*encode_corpus(model, params, images=corpus.images[ev],
@@ -391,7 +429,8 @@ def pretrained_tiny_clip(spec, cfg: PretrainConfig, *, cache_dir: str | os.PathL
       warmup_steps=cfg.warmup_steps, seed=cfg.seed, show_progress=show_progress,
       log_every=every, groups=hard_negative_groups(corpus)[tr], group_size=cfg.group_size,
       on_log=None if show_progress else
-      (lambda s, l: log(f"  CLIP pretraining step {s}/{cfg.steps}: loss {l:.3f}")))
+      (lambda s, l: log(f"  CLIP pretraining step {s}/{cfg.steps}: loss {l:.3f} "
+                        f"({time.time() - t0:.0f} s)")))
   after = retrieval_accuracy(*encode_corpus(model, params, images=corpus.images[ev],
                                             input_ids=ids[ev], attention_mask=mask[ev]))
   info = {"key": key, "loss_first": losses[0], "loss_last": float(np.mean(losses[-every:])),

@@ -1,5 +1,6 @@
 """Contrastive pretraining of the demo's tiny CLIP (lcdh_jax.pretrain): the loss against numpy,
-retrieval far above random after a short pretraining, the disk cache, and bitwise repeatability."""
+the space-to-depth fold, retrieval far above random after a short pretraining, the disk cache,
+and bitwise repeatability."""
 import jax
 import numpy as np
 import pytest
@@ -53,8 +54,20 @@ def _tiny_spec():
 
 # A warmup shorter than ~40 steps collapsed the embeddings (loss stuck at log(batch)).
 CFG = pretrain.PretrainConfig(steps=140, batch_size=64, lr=3e-3, warmup_steps=40,
-                              num_samples=1000, seed=0)
-CNN = (8, 16, 32)  # the demo's conv image tower, thinner
+                              num_samples=1000, space_to_depth=2, seed=0)
+CNN = (16, 32)  # the demo's conv image tower (2x2 space-to-depth, then (32, 64)), thinner
+
+
+def test_space_to_depth_is_a_lossless_fold_of_pixel_blocks():
+  x = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
+  y = np.asarray(pretrain.space_to_depth(x, 2))
+  assert y.shape == (2, 2, 3, 12)
+  # Output pixel (i, j) holds the 2x2 block at rows 2i..2i+1, cols 2j..2j+1, row-major, RGB inner.
+  np.testing.assert_array_equal(y[1, 1, 2], x[1, 2:4, 4:6].reshape(-1))
+  assert sorted(y.ravel().tolist()) == sorted(x.ravel().tolist())
+  assert pretrain.space_to_depth(x, 1) is x
+  with pytest.raises(ValueError, match="multiple of 4"):
+    pretrain.space_to_depth(x, 4)
 
 
 def test_pretrained_towers_retrieve_far_above_random_and_cache(tmp_path):
@@ -69,7 +82,8 @@ def test_pretrained_towers_retrieve_far_above_random_and_cache(tmp_path):
   img, txt = pretrain.encode_corpus(model, params, images=test.images, input_ids=ids,
                                     attention_mask=mask)
   acc = pretrain.retrieval_accuracy(img, txt, k=5)
-  _, random_params = pretrain.init_model(spec, seed=0, cnn_widths=CNN)
+  _, random_params = pretrain.init_model(spec, seed=0, cnn_widths=CNN,
+                                         space_to_depth=CFG.space_to_depth)
   acc0 = pretrain.retrieval_accuracy(*pretrain.encode_corpus(
       model, random_params, images=test.images, input_ids=ids, attention_mask=mask), k=5)
   chance = 5 / 200  # 5 expected hits of 200; binomial sd ~2.2
@@ -91,7 +105,7 @@ def test_pretrained_towers_retrieve_far_above_random_and_cache(tmp_path):
 def test_pretraining_repeats_bitwise_with_the_same_seed():
   """Same machine, same seed: the same weights to the bit (the demo's reproducibility claim)."""
   spec = _tiny_spec()
-  model, p0 = pretrain.init_model(spec, seed=0, cnn_widths=CNN)
+  model, p0 = pretrain.init_model(spec, seed=0, cnn_widths=CNN, space_to_depth=2)
   data = synthetic.make_synthetic(num_samples=128, seed=(0, synthetic.PRETRAIN_STREAM),
                                   show_progress=False)
   ids, mask = pretrain.caption_tokenizer(16)(data.captions)
@@ -119,6 +133,11 @@ def test_bad_inputs_fail_clearly():
   spec = _tiny_spec()
   with pytest.raises(ValueError, match="image_size"):
     pretrain.pretrained_tiny_clip(spec, pretrain.PretrainConfig(image_size=64), cache_dir=None)
+  with pytest.raises(ValueError, match="space_to_depth=3"):  # 32 px is not a multiple of 3
+    pretrain.pretrained_tiny_clip(spec, pretrain.PretrainConfig(space_to_depth=3),
+                                  cache_dir=None, cnn_widths=CNN)
+  with pytest.raises(ValueError, match="conv image tower"):  # the ViT tower takes pixels
+    pretrain.pretrained_tiny_clip(spec, CFG, cache_dir=None)
   from backbones_jax import clip as clip_lib
   bad = clip_lib.tiny_clip_spec(width=32, layers=1, heads=2, vocab_size=10)
   with pytest.raises(ValueError, match="vocabulary"):

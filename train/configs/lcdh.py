@@ -2,11 +2,17 @@
 
 Run commands (a rerun with the same --workdir resumes the stream after the last finished round):
 
-  # demo (default): fully offline; synthetic shapes/tags data generated into the workdir, a tiny
-  # random CLIP, small CNN student, 16/32 bits, 4 rounds; ~2-3 min on a 2-core CPU.
+  # demo (default): fully offline; synthetic shapes/tags data generated into the workdir; a tiny
+  # CLIP (conv image tower, 1-layer text transformer) first pretrained contrastively for 600
+  # steps on a disjoint synthetic corpus and cached in <workdir>/clip; small CNN student, 16/32
+  # bits, 4 rounds. Measured on the shared 2-core VM under load (docs/lcdh.md): pretraining
+  # ~50 CPU-seconds (user+sys, compile included), wall 1.5-2x that under load; the whole run
+  # TIMING_PLACEHOLDER.
   python -m train.lcdh
   python -m train.lcdh --config=train/configs/lcdh.py:demo --workdir=runs/lcdh_demo
-  python -m train.lcdh --config=train/configs/lcdh.py:tiny   # ~45 s smoke run (tests, notebook)
+  # four seeds sharing one pretrained CLIP (the docs/lcdh.md table):
+  python -m train.lcdh --workdir=runs/lcdh_s0 --config.seed=0 --config.clip.pretrain.cache_dir=runs/clip
+  python -m train.lcdh --config=train/configs/lcdh.py:tiny   # smoke run (tests, notebook)
 
   # real benchmarks (GPU/TPU). Data under data_root in the DCMH or DCHMT .mat layout (see
   # docs/lcdh.md and lcdh_jax/data.py); CLIP = Hugging Face hub id or local dir; VGG16 = a
@@ -167,7 +173,8 @@ def demo() -> ml_collections.ConfigDict:
   c.clip.batch_size = 100
   c.clip.tiny_patch_size = 8      # 16 patches of 8x8 at 32 px (ViT tower only)
   c.clip.tiny_image_tower = "cnn"  # "cnn": small conv net (lcdh_jax.pretrain.ConvCLIP) | "vit"
-  c.clip.tiny_cnn_widths = (16, 32, 64)
+  c.clip.tiny_cnn_widths = (32, 64)  # after space_to_depth=2: 16x16x12 -> 8x8x32 -> 4x4x64
+  c.clip.tiny_layers = 2          # text transformer layers; 1 is ~20% cheaper but a weaker teacher
   # The tiny CLIP is pretrained (symmetric InfoNCE, lcdh_jax.pretrain) on a synthetic
   # image-caption corpus disjoint from the demo data, then cached; steps=0: random weights.
   c.clip.pretrain = ml_collections.ConfigDict()
@@ -179,6 +186,7 @@ def demo() -> ml_collections.ConfigDict:
   c.clip.pretrain.num_samples = 4000
   c.clip.pretrain.image_size = 32
   c.clip.pretrain.max_objects = 2
+  c.clip.pretrain.space_to_depth = 2  # fold 2x2 pixel blocks into channels first (docs/lcdh.md)
   c.clip.pretrain.seed = 0         # corpus stream (seed, 1) and init; not the run's seed
   c.clip.pretrain.cache_dir = ""   # "" -> <workdir>/clip
   c.teacher.width = 64
