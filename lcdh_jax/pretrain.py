@@ -22,9 +22,9 @@ the embeddings (loss stuck at log(batch)).
 Time (the demo's setting, 600 steps of 128 pairs): the tower first folds 2x2 pixel blocks into
 channels (``space_to_depth``, lossless), so its convs and LayerNorms run at 16x16 instead of
 32x32; on XLA:CPU the backward of those full-resolution layers (the channel LayerNorm above all)
-took most of a step. With widths (32, 64) and a 1-layer text transformer a step costs ~55 ms of
-CPU against ~210 ms for ``SmallCNN((16, 32, 64))`` on 32x32 with 2 text layers, and the held-out
-label probe is as good (docs/lcdh.md, "The demo's CLIP is pretrained").
+took most of a step. With widths (32, 64) a step (2 text layers) costs ~75 ms of CPU against
+~210 ms for ``SmallCNN((16, 32, 64))`` on the 32x32 pixels, and held-out retrieval and the label
+probe are better (docs/lcdh.md, "The demo's CLIP is pretrained"): ~57 CPU-seconds in all.
 
 * ``ConvCLIP``, ``init_model``, ``encode_image``/``encode_text``: the models and their encoders.
 * ``clip_loss``: the symmetric InfoNCE (pure).

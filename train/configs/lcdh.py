@@ -3,11 +3,12 @@
 Run commands (a rerun with the same --workdir resumes the stream after the last finished round):
 
   # demo (default): fully offline; synthetic shapes/tags data generated into the workdir; a tiny
-  # CLIP (conv image tower, 1-layer text transformer) first pretrained contrastively for 600
-  # steps on a disjoint synthetic corpus and cached in <workdir>/clip; small CNN student, 16/32
-  # bits, 4 rounds. Measured on the shared 2-core VM under load (docs/lcdh.md): pretraining
-  # ~50 CPU-seconds (user+sys, compile included), wall 1.5-2x that under load; the whole run
-  # TIMING_PLACEHOLDER.
+  # CLIP (conv image tower on 2x2-folded pixels, 2-layer text transformer) first pretrained
+  # contrastively (600 steps of 128 pairs) on a disjoint synthetic corpus and cached in
+  # <workdir>/clip; small CNN student, 16/32 bits, 4 rounds. Measured on the shared 2-core VM
+  # under load (docs/lcdh.md, "Measured: the demo"): the pretraining 57 CPU-seconds (user+sys,
+  # compile included; 60-83 s wall under load); the whole run 192 CPU-s, 236 s wall; a rerun
+  # with the CLIP cached 125-127 CPU-s, 100-137 s wall.
   python -m train.lcdh
   python -m train.lcdh --config=train/configs/lcdh.py:demo --workdir=runs/lcdh_demo
   # four seeds sharing one pretrained CLIP (the docs/lcdh.md table):
