@@ -382,7 +382,7 @@ def pretrained_tiny_clip(spec, cfg: PretrainConfig, *, cache_dir: str | os.PathL
   f = cfg.space_to_depth
   if f < 1 or cfg.image_size % f or (f > 1 and cnn_widths is None):
     raise ValueError(f"space_to_depth={f} needs the conv image tower (cnn_widths) and must be >= 1 "
-                     f"and divide image_size={cfg.image_size}.")
+                     f"and divide image_size={cfg.image_size}; the ViT tower takes space_to_depth=1.")
   key = {"pretrain": dataclasses.asdict(cfg), "spec": repr(spec), "init_seed": int(init_seed),
          "vocab": list(tok.words), "context_length": int(context_length),
          "image_tower": "vit" if cnn_widths is None else f"cnn{list(cnn_widths)}", "version": 1}
