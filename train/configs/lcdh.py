@@ -7,7 +7,8 @@ Run commands (a rerun with the same --workdir resumes the stream after the last 
   # contrastively (600 steps of 128 pairs) on a disjoint synthetic corpus and cached in
   # <workdir>/clip; small CNN student, 16/32 bits, 4 rounds. Measured on the shared 2-core VM
   # under load (docs/lcdh.md, "Measured: the demo"): the pretraining 57 CPU-seconds (user+sys,
-  # compile included; 60-83 s wall under load); the whole run 192 CPU-s, 236 s wall; a rerun
+  # compile included; 31.8 s wall on the idle VM, 60-83 s under load); the whole run 184-192 CPU-s,
+  # 124 s wall idle, 236 s under load; a rerun
   # with the CLIP cached 125-127 CPU-s, 100-137 s wall.
   python -m train.lcdh
   python -m train.lcdh --config=train/configs/lcdh.py:demo --workdir=runs/lcdh_demo
