@@ -66,31 +66,36 @@ def _reset_peak_rss() -> None:
     pass
 
 
-def _hwm_gb() -> float:
-  """VmHWM (GB): the peak RSS since the last _reset_peak_rss (or the process start)."""
+def _proc_gb(path: str, key: str, default: float) -> float:
+  """The ``key:`` line of a /proc file given in kB, as GB (``default`` where it cannot be read)."""
   try:
-    with open("/proc/self/status") as f:
+    with open(path) as f:
       for line in f:
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
           return int(line.split()[1]) / 1024 ** 2
   except OSError:
     pass
-  return float("nan")
+  return default
 
 
-def _median_time(fn, repeats: int, cpu: dict | None = None) -> tuple[float, float]:
+def _hwm_gb() -> float:
+  """VmHWM (GB): the peak RSS since the last _reset_peak_rss (or the process start)."""
+  return _proc_gb("/proc/self/status", "VmHWM", float("nan"))
+
+
+def _median_time(fn, repeats: int, cpu: dict | None = None, sync=jax.block_until_ready) -> tuple[float, float]:
   """(median seconds of ``repeats`` calls after a first one, first-call seconds); ``cpu['per_call']``
   gets this process's user+sys CPU seconds per timed call (interpretable on a loaded machine) and
   ``cpu['steady_peak_gb']`` the peak RSS during the timed calls only (compilation and the first call
-  excluded)."""
+  excluded). ``sync`` waits for a call's result (torch's CPU calls return finished: ``lambda r: r``)."""
   t0 = time.perf_counter()
-  jax.block_until_ready(fn())
+  sync(fn())
   compile_s = time.perf_counter() - t0
   _reset_peak_rss()
   times, c0 = [], _cpu_s()
   for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(fn())
+    sync(fn())
     times.append(time.perf_counter() - t0)
   if cpu is not None:
     cpu["per_call"] = (_cpu_s() - c0) / repeats
@@ -188,18 +193,11 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
         loss.backward()
         opt.step()
         return loss
-    times, t0 = [], time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    _reset_peak_rss()
-    c0 = _cpu_s()
-    for _ in range(repeats):
-      t0 = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - t0)
-    return {"kind": kind, "part": part, "size": size, "seconds": float(np.median(times)), "first_call_s": first,
-            "cpu_s_per_call": (_cpu_s() - c0) / repeats, "torch_threads": torch.get_num_threads(),
-            "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": _hwm_gb()}
+    cpu = {}
+    sec, first = _median_time(fn, repeats, cpu, sync=lambda r: r)
+    return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
+            "cpu_s_per_call": cpu["per_call"], "torch_threads": torch.get_num_threads(),
+            "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"]}
   # remat (training step only): every block's activations recomputed in the backward (models.remat_call)
   model = models.build_model("dsrnet_l", remat=(part == "train" and remat))
   extra, cpu = {}, {}
@@ -236,14 +234,7 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
 
 
 def _mem_available_gb() -> float:
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) / 1024 ** 2
-  except OSError:
-    pass
-  return float("inf")
+  return _proc_gb("/proc/meminfo", "MemAvailable", float("inf"))
 
 
 def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 18.0, remat: bool = True) -> list[dict]:

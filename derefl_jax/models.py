@@ -239,6 +239,11 @@ def remat_call(module: nn.Module, *args):
   return nn.custom_vjp(f, forward_fn=fwd, backward_fn=bwd)(module, *args)
 
 
+def call_block(remat: bool, module: nn.Module, *args):
+  """``remat_call(module, *args)`` when ``remat``, else ``module(*args)``."""
+  return remat_call(module, *args) if remat else module(*args)
+
+
 class DepthwiseConv(nn.Module):
   """Depthwise KxK conv: (B,H,W,C) -> (B,H,W,C); params as nn.Conv(feature_group_count=C)."""
   kernel_size: int = 3
@@ -451,9 +456,7 @@ class FeaturePyramidVGG(nn.Module):
     vf1, vf2, vf3, vf4, vf5 = feats
     dt, sb = self.dtype, self.shared_b
     def mugi(name, t, r=None):
-      block = MuGIBlock(shared_b=sb, dtype=dt, name=name)
-      r = t if r is None else r
-      return remat_call(block, t, r) if self.remat else block(t, r)
+      return call_block(self.remat, MuGIBlock(shared_b=sb, dtype=dt, name=name), t, t if r is None else r)
 
     def both(layer, t, r):
       return layer(t), layer(r)
@@ -492,7 +495,7 @@ class LRM(nn.Module):
 
   @nn.compact
   def __call__(self, t: Array, r: Array) -> Array:
-    call = remat_call if self.remat else (lambda m, *a: m(*a))
+    call = functools.partial(call_block, self.remat)
     c = 2 * t.shape[-1]
     intro = _conv(c, 1, name="intro", dtype=self.dtype)
     t, r = intro(t), intro(r)
@@ -609,7 +612,7 @@ class ReflectionRemovalNet(nn.Module):
       t = r = _conv(self.width, 3, name="intro", dtype=dt)(x01)
     c = self.width
     skips = []
-    call = remat_call if self.remat else (lambda m, *a: m(*a))
+    call = functools.partial(call_block, self.remat)
     for lvl, n in enumerate(self.enc_blocks):
       if inject and lvl + 1 <= 5:  # VGG19 has taps relu1_1 .. relu5_1
         t, r = PriorInjection(dtype=dt, name=f"prior_in{lvl}")(t, r, prior[f"relu{lvl + 1}_1"])
