@@ -41,7 +41,9 @@ crops):
   ``grain_batch_cache`` = the same with ``cache=tfds_builder.decode_record`` (each record decoded
   once per process, as the raw DCMH reader holds ``IAll``; arrays layout); ``grain_item`` = the
   per-record ``record_transform`` (the first version, for reference); ``load_prepared`` =
-  ``image_dataset`` on ``tfds_builder.load_prepared`` (what ``train.lcdh --config.data_dir`` reads).
+  ``image_dataset`` on ``tfds_builder.load_prepared`` without its cache; ``load_prepared_cache``
+  = the same with ``cache_gb=4`` (what ``train.lcdh --config.data_dir`` reads by default,
+  ``data_cache_gb=4``: the image-file layout's decoded images kept for their next visit).
 * mvrec, MVTec-FS layout (256 px PNG), the 27 ``mso`` views of each instance (crops 64/96/128 px,
   resized to 112): ``current`` = ``data.instance_inputs``; ``record_views`` = ``open_source`` +
   ``make_dataset(transform=views_transform)``; ``image_loader`` = ``features.instance_views`` with
@@ -79,7 +81,8 @@ DEREFL_BS = 8
 
 # method -> (current route, [other routes]); a route name is "<method>:<what>"
 ROUTES = {
-    "lcdh_paths": ("current", ["grain_batch", "grain_item", "load_prepared"]),
+    "lcdh_paths": ("current", ["grain_batch_cache", "grain_batch", "grain_item", "load_prepared",
+                             "load_prepared_cache"]),
     "lcdh_arrays": ("current", ["grain_batch_cache", "grain_batch", "grain_item", "load_prepared"]),
     "mvrec": ("current", ["record_views", "image_loader"]),
     "derefl_train": ("current_train", ["prepared_train"]),
@@ -194,9 +197,11 @@ def route_lcdh(layout: str, what: str, work: Path, args):
     ds = data_lib.image_dataset(d, split.database, batch_size=LCDH_BS, seed=e, image_size=LCDH_SIZE, repeat=False)
     return _iterate(ds, args.threads)
 
-  if what in ("current", "load_prepared"):
+  if what in ("current", "load_prepared", "load_prepared_cache"):
     def open_():
-      return data_lib.load_dataset("synthetic", root) if what == "current" else tb.load_prepared(data_dir, "synthetic")
+      if what == "current":
+        return data_lib.load_dataset("synthetic", root)
+      return tb.load_prepared(data_dir, "synthetic", cache_gb=4.0 if what == "load_prepared_cache" else 0.0)
     return open_, image_dataset, count
 
   def open_grain():

@@ -184,17 +184,50 @@ def prepare(raw_root: str | os.PathLike, data_dir: str | os.PathLike, *, dataset
 
 @dataclasses.dataclass
 class PreparedCrossModalData(data_lib.CrossModalData):
-  """A :class:`CrossModalData` read from a prepared dataset; ``image(i)`` decodes record bytes lazily."""
+  """A :class:`CrossModalData` read from a prepared dataset; ``image(i)`` decodes record bytes lazily.
+
+  ``cache_bytes > 0`` keeps each decoded (and resized) image in memory, up to that many bytes in
+  all, so an item seen again (the next round's anchors, the next epoch, the encoding of the
+  database) is not read and decoded again (``tf.data``'s ``.cache()`` after decoding). The cached
+  arrays are read-only and hold the same bits a fresh decode gives. Images beyond the budget are
+  decoded on every visit, as without the cache; ``cache_info()`` reports hits, misses and bytes.
+  """
   sources: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
   where: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (N, 2): split id, record
   split_names: tuple[str, ...] = ("query", "database")
   metadata: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+  cache_bytes: int = 0
+
+  def __post_init__(self):
+    import threading
+    self._cache: dict[tuple[int, int | None], np.ndarray] = {}
+    self._cache_lock = threading.Lock()  # grain's read-ahead threads call image() concurrently
+    self._cache_stats = {"hits": 0, "misses": 0, "bytes": 0}
 
   def image(self, i: int, image_size: int | None = None) -> np.ndarray:
     if self.images is not None:  # decoded into memory at load (as the raw reader holds IAll)
       return super().image(i, image_size)
-    s, r = self.where[int(i)]
-    return decode_image(_image_bytes(self.sources[self.split_names[s]], int(r)), image_size)
+    key = (int(i), None if image_size is None else int(image_size))
+    if self.cache_bytes > 0:
+      hit = self._cache.get(key)
+      if hit is not None:
+        with self._cache_lock:
+          self._cache_stats["hits"] += 1
+        return hit
+    s, r = self.where[key[0]]
+    im = decode_image(_image_bytes(self.sources[self.split_names[s]], int(r)), image_size)
+    if self.cache_bytes > 0:
+      with self._cache_lock:
+        self._cache_stats["misses"] += 1
+        if key not in self._cache and self._cache_stats["bytes"] + im.nbytes <= self.cache_bytes:
+          im.setflags(write=False)  # callers get the cached array itself: it must never change
+          self._cache[key] = im
+          self._cache_stats["bytes"] += im.nbytes
+    return im
+
+  def cache_info(self) -> dict[str, int]:
+    """``{"hits", "misses", "bytes", "items"}`` of the decoded-image cache."""
+    return {**self._cache_stats, "items": len(self._cache)}
 
 
 def _image_bytes(source, r: int) -> bytes:
@@ -221,13 +254,17 @@ def open_split(data_dir: str | os.PathLike, dataset: str, split: str, *, skip_im
 
 
 def load_prepared(data_dir: str | os.PathLike, dataset: str, *, images_in_memory: bool | None = None,
-                  chunk: int = 256) -> PreparedCrossModalData:
+                  cache_gb: float = 0.0, chunk: int = 256) -> PreparedCrossModalData:
   """The prepared ``dataset`` back as a ``CrossModalData`` in the raw item order (one pass over it).
 
   ``images_in_memory`` (default: when the raw layout was the DCMH single ``.mat``, whose reader
   holds every image in memory too) decodes all images once into ``images`` (N, H, W, 3);
-  otherwise ``image(i)`` reads and decodes record ``i`` when asked (as the raw reader reads files).
+  otherwise ``image(i)`` reads and decodes record ``i`` when asked (as the raw reader reads files)
+  and, with ``cache_gb > 0``, keeps up to that many GB of decoded images for their next visit
+  (:class:`PreparedCrossModalData`).
   """
+  if not cache_gb >= 0:
+    raise ValueError(f"cache_gb must be >= 0 (GB of decoded images to keep in memory); got {cache_gb}.")
   import json
   d = dataset_dir(data_dir, dataset)
   sources = {s: open_split(data_dir, dataset, s) for s in PreparedCrossModalData.split_names}
@@ -269,7 +306,7 @@ def load_prepared(data_dir: str | os.PathLike, dataset: str, *, images_in_memory
       image_paths=None if images is not None else [f"{d}#{i}" for i in range(n)],
       text_source=meta.get("text_source", "") + f" (prepared tfds dataset {d})",
       bow_source=meta.get("bow_source", ""), tag_vocab=meta.get("tag_vocab"),
-      sources=sources, where=where, metadata=meta)
+      sources=sources, where=where, metadata=meta, cache_bytes=int(cache_gb * 2**30))
 
 
 def _record_image(rec, image_size: int | None) -> np.ndarray:

@@ -72,7 +72,7 @@ def _prepared_data(config: ml_collections.ConfigDict, workdir: str) -> data_lib.
                            num_query=config.split.num_query, num_train=config.split.num_train)
     except data_lib.DatasetError as e:
       raise ConfigError(f"dataset {config.dataset!r} under {Path(root).absolute()}: {e}") from e
-  d = tfds_builder.load_prepared(config.data_dir, config.dataset)
+  d = tfds_builder.load_prepared(config.data_dir, config.dataset, cache_gb=config.get("data_cache_gb", 0.0))
   if config.dataset == "synthetic" and len(d) != config.synthetic.num_samples:
     raise ConfigError(f"the prepared synthetic dataset in {config.data_dir} holds {len(d)} items but "
                       f"synthetic.num_samples={config.synthetic.num_samples}; use another data_dir.")
@@ -720,7 +720,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 # more rounds, other code lengths (each has its own K<bits>/ stream), and settings that do not
 # change what is computed. Anything else stops the rerun (docs/reliability.md).
 RESUMABLE_KEYS = ("stream.num_rounds", "bits", "eval.pr_curve", "eval.round_png", "student.data_threads",
-                  "clip.batch_size")
+                  "clip.batch_size", "data_cache_gb")
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:
@@ -737,6 +737,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   if sc.backbone == "vgg16" and sc.vgg_weights and not os.path.isfile(sc.vgg_weights):
     raise FileNotFoundError(f"config.student.vgg_weights={sc.vgg_weights!r} does not exist. Put torchvision's "
                             "ImageNet VGG16 state dict there (vgg16-397923af.pth from download.pytorch.org/models).")
+  if not config.get("data_cache_gb", 0.0) >= 0:
+    raise config_lib.ConfigError(f"config.data_cache_gb={config.data_cache_gb} must be >= 0 (GB of decoded images "
+                                 "kept in memory with --config.data_dir; 0 turns the cache off).")
   name, tok = config.clip.name, config.clip.get("tokenizer", "")
   if name != "tiny" and not tok and (os.path.isfile(name) or name.endswith((".pt", ".pth"))):
     raise config_lib.ConfigError(

@@ -62,6 +62,37 @@ def test_lcdh_prepared_equals_raw_reader(tmp_path, layout):
     tb.record_transform(image_size=8)(decoded[0], 0)
 
 
+def test_lcdh_decoded_image_cache(tmp_path):
+  """cache_gb keeps decoded images (same bits, read-only) up to its budget; the pipeline's batches are unchanged."""
+  from lcdh_jax import data as data_lib
+  from lcdh_jax import tfds_builder as tb
+  raw = fakes.make_lcdh_raw(tmp_path / "raw", "paths", num_samples=12)
+  tb.prepare(raw, tmp_path / "prep", dataset="synthetic", num_query=2, num_train=4)
+  ref = data_lib.load_dataset("synthetic", raw)
+  one = 16 * 16 * 3  # bytes of one decoded 16 px image
+  got = tb.load_prepared(tmp_path / "prep", "synthetic", cache_gb=5.5 * one / 2**30)  # room for 5 of them
+  for _ in range(2):
+    for i in range(len(ref)):
+      im = got.image(i, 16)
+      np.testing.assert_array_equal(im, ref.image(i, 16))
+  info = got.cache_info()
+  assert info == {"hits": 5, "misses": 12 + 7, "bytes": 5 * one, "items": 5}
+  cached = got.image(0, 16)
+  assert cached is got.image(0, 16) and not cached.flags.writeable
+  np.testing.assert_array_equal(got.image(0), ref.image(0))  # another size is another entry (not in budget)
+  # the student's batches (with flips) read through the cache equal the raw reader's
+  idx = np.arange(len(ref))
+  kw = dict(batch_size=4, seed=1, image_size=16, repeat=False, flip=True)
+  want, ds = data_lib.image_dataset(ref, idx, **kw), data_lib.image_dataset(got, idx, **kw)
+  for _ in range(2):
+    for k in range(len(want)):
+      for key in ("index", "image", "bow", "labels"):
+        np.testing.assert_array_equal(ds[k][key], want[k][key])
+  assert tb.load_prepared(tmp_path / "prep", "synthetic").cache_info()["items"] == 0  # off by default
+  with pytest.raises(ValueError, match="cache_gb must be >= 0"):
+    tb.load_prepared(tmp_path / "prep", "synthetic", cache_gb=-1)
+
+
 def test_imagenet_normalize_table_equals_formula():
   """The uint8 look-up table gives the bits of (x / 255 - mean) / std in float32, for every level and channel."""
   from lcdh_jax import data as data_lib

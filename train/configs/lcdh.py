@@ -77,6 +77,8 @@ def _base() -> ml_collections.ConfigDict:
   c.dataset = "synthetic"         # synthetic | mirflickr | nuswide | iapr | coco
   c.data_root = ""                # "" -> <workdir>/data for synthetic, data/<dataset> otherwise
   c.data_dir = ""                 # prepared tfds datasets (docs/data.md); "" -> read data_root directly
+  c.data_cache_gb = 4.0           # with data_dir: GB of decoded images kept for their next visit
+                                  # (image-file layouts; anchors, later rounds, encoding); 0 = none
   c.tag_vocab = ""                # words of the BoW dims, one a line; "" -> <data_root>/tag_vocab.txt
                                   # if present. Needed (as the teacher's text) when there are no captions
   c.bits = (16, 32, 64, 128)      # one teacher + one student stream per code length
