@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from backbones_jax import tfds_records
 from derefl_jax import data as data_lib
 from derefl_jax.metrics import resize_to_multiple
 
@@ -226,6 +227,7 @@ class PreparedPairs:
   def __init__(self, source, name: str):
     self.source, self.name = source, name
     self._names: list[str] | None = None
+    self._has_reflection = len(source) > 0 and "reflection" in source[0]
 
   def __len__(self) -> int:
     return len(self.source)
@@ -239,8 +241,10 @@ class PreparedPairs:
 
   def images(self, index: int) -> dict[str, np.ndarray]:
     """Record ``index`` as uint8 arrays: ``blended``, ``transmission`` (and ``reflection``)."""
-    rec = self.source[int(index)]
-    return {k: decode_image(rec[k]) for k in ("blended", "transmission", "reflection") if k in rec}
+    out = {k: decode_image(tfds_records.feature_bytes(self.source, index, k)) for k in ("blended", "transmission")}
+    if self._has_reflection:
+      out["reflection"] = decode_image(tfds_records.feature_bytes(self.source, index, "reflection"))
+    return out
 
   def load(self, index: int, *, multiple: int | None = 32) -> dict[str, Any]:
     """As ``PairedFolder.load``: float32 ``input``, ``T`` (and ``R``), aligned to ``multiple``."""
@@ -291,7 +295,7 @@ class PreparedTrainSampler(data_lib.TrainSampler):
     super().__init__(voc=voc, real=folders, weights=weights, **kwargs)
 
   def _voc(self, k: int) -> np.ndarray:
-    return decode_image(self._voc_source[int(k)]["image"])
+    return decode_image(tfds_records.feature_bytes(self._voc_source, k, "image"))
 
   def _sample(self, step: int, j: int):
     # the draws of data.TrainSampler._sample, in the same order, on decoded records

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from backbones_jax import tfds_records
 from lcdh_jax import data as data_lib
 
 __all__ = ["BUILDER_NAME", "VERSION", "LcdhCrossModal", "prepare", "is_prepared", "dataset_dir",
@@ -215,7 +216,7 @@ class PreparedCrossModalData(data_lib.CrossModalData):
           self._cache_stats["hits"] += 1
         return hit
     s, r = self.where[key[0]]
-    im = decode_image(_image_bytes(self.sources[self.split_names[s]], int(r)), image_size)
+    im = decode_image(tfds_records.feature_bytes(self.sources[self.split_names[s]], int(r), "image"), image_size)
     if self.cache_bytes > 0:
       with self._cache_lock:
         self._cache_stats["misses"] += 1
@@ -228,16 +229,6 @@ class PreparedCrossModalData(data_lib.CrossModalData):
   def cache_info(self) -> dict[str, int]:
     """``{"hits", "misses", "bytes", "items"}`` of the decoded-image cache."""
     return {**self._cache_stats, "items": len(self._cache)}
-
-
-def _image_bytes(source, r: int) -> bytes:
-  """Record ``r``'s stored image bytes, without converting its other features (3x faster than ``source[r]``)."""
-  try:  # the serialized tf.train.Example of tfds's array_record source, parsed by tfds's own proto
-    from tensorflow_datasets.proto import tf_example_pb2
-    raw = source.data_source[r]
-    return tf_example_pb2.Example.FromString(raw).features.feature["image"].bytes_list.value[0]
-  except (ImportError, AttributeError, TypeError, IndexError):  # another kind of source
-    return source[r]["image"]
 
 
 def open_split(data_dir: str | os.PathLike, dataset: str, split: str, *, skip_image_decoding: bool = True):

@@ -43,6 +43,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from backbones_jax import tfds_records
 from mvrec_jax import data as data_lib
 from mvrec_jax import views as views_lib
 
@@ -210,24 +211,29 @@ def record_image(rec: dict[str, Any]) -> Image.Image:
 def image_loader(data_dir: str | os.PathLike, category: str, cat: data_lib.CategoryData | None = None):
   """``load_image(inst) -> PIL image`` reading the prepared records of ``category`` (thread-safe reads).
 
-  ``cat`` is the category's :func:`load_prepared` (read if not given): its instances are in the
-  stored order, which locates each instance's record; the record must carry the instance's
-  ``key``. For ``features.extract_features(..., load_image=image_loader(data_dir, category))``.
+  The instance's ``key`` locates its record (the keys of the stored records are read once, here);
+  only the record's image bytes are read and decoded per call (``backbones_jax.tfds_records``), so
+  a call costs what decoding the raw file costs. An instance whose key is not among the prepared
+  records is refused (``KeyError``). ``cat`` is accepted for compatibility and not needed. For
+  ``features.extract_features(..., load_image=image_loader(data_dir, category))``.
   """
-  cat = load_prepared(data_dir, category) if cat is None else cat
-  where = {(s, inst.row): k for s in data_lib.SPLITS for k, inst in enumerate(cat.split(s))}
+  del cat  # the records' own keys are read instead: a foreign CategoryData must not pick records by position
+  stored = load_prepared(data_dir, category)
+  where = {inst.key: (s, k) for s in data_lib.SPLITS for k, inst in enumerate(stored.split(s))}
+  sizes = {inst.key: inst.image_size for s in data_lib.SPLITS for inst in stored.split(s)}
   sources = {s: open_split(data_dir, category, s) for s in data_lib.SPLITS}
 
   def load_image(inst: data_lib.Instance) -> Image.Image:
-    pos = where.get((inst.split, inst.row))
+    pos = where.get(inst.key)
     if pos is None:
-      raise KeyError(f"instance {inst.key} is not in the prepared category {category!r} in {data_dir}.")
-    rec = sources[inst.split][pos]
-    got = record_instance(rec, category=category, split=inst.split, class_names=cat.class_names)
-    if got.key != inst.key:
-      raise KeyError(f"the prepared record at {inst.split}[{pos}] is {got.key}, not {inst.key}: the instances "
-                     f"do not come from the prepared category {category!r} in {data_dir}.")
-    return record_image(rec)
+      raise KeyError(f"instance {inst.key} is not in the prepared category {category!r} in {data_dir}: the "
+                     f"instances do not come from it.")
+    img = decode_image(tfds_records.feature_bytes(sources[pos[0]], pos[1], "image"))
+    h, w = sizes[inst.key]
+    if img.size != (w, h):
+      raise ValueError(f"stored image of instance {inst.key} is {img.size[0]}x{img.size[1]} (WxH) but its "
+                       f"annotation says {w}x{h}.")
+    return img
 
   return load_image
 
