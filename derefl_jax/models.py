@@ -116,10 +116,35 @@ def high_pass(x: Array, kernel_size: int) -> Array:
 
 
 # ----------------------------------------------------------------------------- modules
+class PointwiseConv(nn.Module):
+  """1x1 conv as a matmul over channels: (B, H, W, Cin) -> (B, H, W, Cout); params as nn.Conv(features, (1, 1)).
+
+  Same parameters (``kernel`` (1, 1, Cin, Cout), ``bias``), initial values and outputs as
+  ``nn.Conv``. On XLA:CPU the kernel gradient of a 1x1 ``lax.conv`` is a convolution whose window
+  is the whole image, ~50x slower than the matmul that it is (DSRNet-L's training step at 224²:
+  half of its time; ``benchmarks/derefl_profile.py``); a dot's gradients are dots.
+  """
+  features: int
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.linear.default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features))
+    y = jnp.einsum("...c,cd->...d", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
 def _conv(features: int, k: int = 1, *, groups: int = 1, bias: bool = True, stride: int = 1,
-          name: str | None = None, dtype=jnp.float32, kernel_init=None) -> nn.Conv:
-  pad = "VALID" if stride > 1 else ((k // 2, k // 2), (k // 2, k // 2))
+          name: str | None = None, dtype=jnp.float32, kernel_init=None) -> nn.Module:
+  """A KxK conv (SAME padding; VALID when strided) with nn.Conv's parameters; 1x1 ones as a matmul."""
   kw = {} if kernel_init is None else {"kernel_init": kernel_init}
+  if k == 1 and stride == 1 and groups == 1:
+    return PointwiseConv(features, use_bias=bias, dtype=dtype, name=name, **kw)
+  pad = "VALID" if stride > 1 else ((k // 2, k // 2), (k // 2, k // 2))
   return nn.Conv(features, (k, k), strides=(stride, stride), padding=pad, feature_group_count=groups,
                  use_bias=bias, dtype=dtype, name=name, **kw)
 
