@@ -24,7 +24,9 @@ CPU seconds per call (user + sys of the process: still meaningful on a loaded ma
 resident memory of each process (``ru_maxrss``, compilation included) and the steady-state peak
 (VmHWM reset after the first call: the memory the repeated calls need), as ratios ours / official.
 Ours' training step recomputes every block in the backward pass (``--remat 1``, the default;
-``derefl_jax.models.remat_call``): without it DSRNet-L's step at 224² does not fit in 24 GB here.
+``derefl_jax.models.remat_call``): without it DSRNet-L's step at 224² does not fit in 24 GB here;
+after its first (compiling) call it hands the compiler's freed heap back to the OS, as
+``train.loop.fit`` does. Where the time goes: ``benchmarks/derefl_profile.py``.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from backbones_jax import host_memory  # noqa: E402
 from derefl_jax import models  # noqa: E402
 from train import derefl as train_derefl  # noqa: E402
 from train import parallel  # noqa: E402
@@ -83,7 +86,8 @@ def _hwm_gb() -> float:
   return _proc_gb("/proc/self/status", "VmHWM", float("nan"))
 
 
-def _median_time(fn, repeats: int, cpu: dict | None = None, sync=jax.block_until_ready) -> tuple[float, float]:
+def _median_time(fn, repeats: int, cpu: dict | None = None, sync=jax.block_until_ready,
+                 after_first=None) -> tuple[float, float]:
   """(median seconds of ``repeats`` calls after a first one, first-call seconds); ``cpu['per_call']``
   gets this process's user+sys CPU seconds per timed call (interpretable on a loaded machine) and
   ``cpu['steady_peak_gb']`` the peak RSS during the timed calls only (compilation and the first call
@@ -91,6 +95,12 @@ def _median_time(fn, repeats: int, cpu: dict | None = None, sync=jax.block_until
   t0 = time.perf_counter()
   sync(fn())
   compile_s = time.perf_counter() - t0
+  if cpu is not None:
+    cpu["rss_before_trim_gb"] = _proc_gb("/proc/self/status", "VmRSS", float("nan"))
+  if after_first is not None:
+    after_first()
+  if cpu is not None:
+    cpu["rss_after_trim_gb"] = _proc_gb("/proc/self/status", "VmRSS", float("nan"))
   _reset_peak_rss()
   times, c0 = [], _cpu_s()
   for _ in range(repeats):
@@ -197,7 +207,8 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
     sec, first = _median_time(fn, repeats, cpu, sync=lambda r: r)
     return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
             "cpu_s_per_call": cpu["per_call"], "torch_threads": torch.get_num_threads(),
-            "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"]}
+            "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
+            "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"]}
   # remat (training step only): every block's activations recomputed in the backward (models.remat_call)
   model = models.build_model("dsrnet_l", remat=(part == "train" and remat))
   extra, cpu = {}, {}
@@ -226,11 +237,12 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
       holder["state"], m = compiled(holder["state"], batch, jax.random.PRNGKey(2))
       return m["loss"]
 
-    sec, comp = _median_time(one, repeats, cpu)
+    # as train.loop.fit does after its first (compiling) step: the compiler's freed heap back to the OS
+    sec, comp = _median_time(one, repeats, cpu, after_first=host_memory.release_free_heap)
   return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": comp,
           "cpu_s_per_call": cpu["per_call"], "remat": bool(part == "train" and remat),
           "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
-          **extra}
+          "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"], **extra}
 
 
 def _mem_available_gb() -> float:
@@ -260,6 +272,7 @@ def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 
       else:
         row = json.loads(line[-1])
       row["wall_s"] = time.perf_counter() - t0
+      row["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
       rows.append(row)
       print(json.dumps(row), flush=True)
   lines = ["| part | official s/img | ours s/img | speed (ours img/s / official) | official CPU-s/img | ours CPU-s/img "

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from backbones_jax import vgg as vgg_lib
+from backbones_jax.host_memory import release_free_heap
 
 Array = jax.Array
 
@@ -782,21 +783,8 @@ def init_params(model: ReflectionRemovalNet, rng: Array | int = 0, *, vgg_weight
     else:
       _, frozen["vgg"] = vgg_lib.init_vgg(19, seed, width_divisor=model.vgg_width_divisor)
   del lowered
-  _release_free_heap()
+  release_free_heap()
   return trainable, frozen
-
-
-def _release_free_heap() -> None:
-  """Return the C heap's free pages to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-  Compiling and running ``model.init`` for DSRNet-L leaves ~1.1 GB of freed-but-kept heap in the
-  process (RSS 1.99 -> 0.87 GB after the trim, measured; docs/derefl.md "DSRNet-L side by side").
-  """
-  try:
-    import ctypes
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
 
 
 def load_vgg_prior(frozen: Mapping, vgg_weights) -> dict:

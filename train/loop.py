@@ -6,6 +6,7 @@ from typing import Any, Callable, Mapping
 import jax
 from jax.sharding import Mesh
 
+from backbones_jax.host_memory import release_free_heap
 from train import parallel
 from train.checkpoint import Checkpointer
 from train.guard import check_finite
@@ -54,6 +55,8 @@ def fit(*, state: Any, train_step: Callable, batch_fn: BatchFn, num_steps: int, 
       batch = parallel.shard_batch(batch_fn(step), mesh)
       rng = jax.random.fold_in(state.rng, step)
       state, metrics = step_fn(state, batch, rng)
+      if step == start:  # the compiler's freed heap back to the OS (RSS would stay at its peak)
+        release_free_heap()
       done = step + 1
       is_log = done % max(1, log_every) == 0 or done == num_steps
       is_save = done % every == 0 or done == num_steps

@@ -66,6 +66,25 @@ def test_depthwise_shift_gradients_equal_xla_conv(ksize):
     models.depthwise_conv(x, _rand(2, 2, 1, 4), impl="shift")
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_pointwise_conv_equals_nn_conv(bias):
+  """PointwiseConv (a 1x1 conv as a matmul) has nn.Conv's params and init, and its outputs and gradients."""
+  import flax.linen as nn
+  x = _rand(2, 5, 7, 6)
+  ref, ours = nn.Conv(4, (1, 1), use_bias=bias), models.PointwiseConv(4, use_bias=bias)
+  p_ref, p_ours = ref.init(KEY, x)["params"], ours.init(KEY, x)["params"]
+  assert jax.tree.map(jnp.shape, p_ref) == jax.tree.map(jnp.shape, p_ours)
+  jax.tree.map(np.testing.assert_array_equal, p_ref, p_ours)  # the same initial values
+  p = jax.tree.map(lambda v: v + _rand(*v.shape, seed=3), p_ref)  # non-zero bias too
+  np.testing.assert_allclose(ours.apply({"params": p}, x), ref.apply({"params": p}, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply({"params": p}, x)))  # noqa: E731
+  g_ours, g_ref = jax.grad(loss(ours), (0, 1))(p, x), jax.grad(loss(ref), (0, 1))(p, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_ours, g_ref)
+  # the network's 1x1 convs are PointwiseConv; strided / KxK ones stay nn.Conv
+  assert isinstance(models._conv(8, 1), models.PointwiseConv)  # pylint: disable=protected-access
+  assert isinstance(models._conv(8, 3), nn.Conv) and isinstance(models._conv(8, 2, stride=2), nn.Conv)
+
+
 def test_mean_filter_against_numpy():
   x = np.random.default_rng(0).uniform(size=(1, 9, 10, 2)).astype(np.float32)
   ref = np.zeros_like(x)
