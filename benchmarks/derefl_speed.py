@@ -48,6 +48,7 @@ import numpy as np  # noqa: E402
 
 from backbones_jax import host_memory  # noqa: E402
 from derefl_jax import models  # noqa: E402
+from derefl_jax import predict as predict_lib  # noqa: E402
 from train import derefl as train_derefl  # noqa: E402
 from train import parallel  # noqa: E402
 from train.configs import derefl as derefl_config  # noqa: E402
@@ -215,8 +216,9 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
   trainable, frozen = models.init_params(model, 0)
   if part == "fwd":
     params = models.merge_params(trainable, frozen)
-    fwd = jax.jit(lambda p, x: {k: v for k, v in model.apply({"params": p}, x)[0].items() if k in ("T", "R", "RR")})
+    fwd = predict_lib.make_forward_layers(model)  # derefl_jax.predict's jitted forward (T, R, RR)
     sec, comp = _median_time(lambda: fwd(params, x), repeats, cpu)
+    extra["xla_temp_gb"] = fwd.lower(params, x).compile().memory_analysis().temp_size_in_bytes / 1e9
   else:
     cfg = derefl_config.get_config("dsrnet_l")
     step = functools.partial(train_derefl.train_step, model=model, loss_config=cfg.loss.to_dict(),
