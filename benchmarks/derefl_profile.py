@@ -25,6 +25,7 @@ import argparse
 import collections
 import glob
 import json
+import os
 import re
 import subprocess
 import sys
@@ -86,44 +87,20 @@ def _short_source(op_name: str) -> str:
   return "/".join(parts[:4])
 
 
+def _speed_module():
+  """``benchmarks/derefl_speed.py``: the steps it times are the steps profiled here (one definition)."""
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import derefl_speed
+  return derefl_speed
+
+
 def profile_ours(size: int, part: str, repeats: int) -> dict:
-  import functools
-
-  sys.path.insert(0, str(ROOT))
-  import train  # noqa: F401
   import jax
-  import numpy as np
+  step, compiled, _ = _speed_module().ours_call(part, size, remat=True)
 
-  from derefl_jax import models
-  from train import derefl as train_derefl
-  from train.configs import derefl as derefl_config
-  from train.state import TrainState
-  rng = np.random.default_rng(0)
-  x = rng.random((1, size, size, 3), np.float32)
-  t_img, r_img = rng.random((1, size, size, 3), np.float32), rng.random((1, size, size, 3), np.float32) * 0.3
-  model = models.build_model("dsrnet_l", remat=part == "train")
-  trainable, frozen = models.init_params(model, 0)
-  if part == "fwd":
-    params = models.merge_params(trainable, frozen)
-    f = jax.jit(lambda p, x: {k: v for k, v in model.apply({"params": p}, x)[0].items() if k in ("T", "R", "RR")})
-    compiled = f.lower(params, x).compile()
+  def call():
+    return jax.block_until_ready(step())
 
-    def call():
-      return jax.block_until_ready(compiled(params, x))
-  else:
-    cfg = derefl_config.get_config("dsrnet_l")
-    step = functools.partial(train_derefl.train_step, model=model, loss_config=cfg.loss.to_dict(),
-                             vgg_apply=models.perceptual_vgg_apply(model),
-                             syn_kwargs=train_derefl._synthesis_kwargs(cfg))
-    state = TrainState.create(params=trainable, tx=train_derefl.make_optimizer(cfg), rng=jax.random.PRNGKey(0),
-                              frozen=frozen)
-    batch = {"t": t_img, "r": r_img, "blended": np.clip(t_img + r_img, 0, 1), "synthetic": np.zeros(1, bool)}
-    compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch, jax.random.PRNGKey(2)).compile()
-    holder = {"state": state}
-
-    def call():
-      holder["state"], m = compiled(holder["state"], batch, jax.random.PRNGKey(2))
-      return jax.block_until_ready(m["loss"])
   index = _hlo_index(compiled.as_text())
   call()
   trace_dir = tempfile.mkdtemp(prefix="derefl_prof_")
@@ -146,12 +123,11 @@ def profile_ours(size: int, part: str, repeats: int) -> dict:
         if n.startswith(("ThreadpoolListener", "ThunkExecutor", "end: ")):
           continue
         by_op[n] += e.duration_ns / 1e9 / repeats
-  cats, srcs, unknown = collections.Counter(), collections.Counter(), 0.0
+  cats, srcs = collections.Counter(), collections.Counter()
   top = []
   for n, s in by_op.most_common():
     info = index.get(n)
     if info is None:
-      unknown += s
       cats["(not in HLO)"] += s
       continue
     cat = _role(info)
@@ -167,39 +143,8 @@ def profile_ours(size: int, part: str, repeats: int) -> dict:
 
 
 def profile_official(size: int, part: str, repeats: int) -> dict:
-  import numpy as np
   import torch
-  sys.path.insert(0, str(ROOT / "tests" / "derefl"))
-  import dsrnet_ref
-  arch, vgg_mod, losses = dsrnet_ref.import_official()
-  torch.manual_seed(0)
-  rng = np.random.default_rng(0)
-  x = rng.random((1, size, size, 3), np.float32)
-  t_img, r_img = rng.random((1, size, size, 3), np.float32), rng.random((1, size, size, 3), np.float32) * 0.3
-  nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-  net, vgg = arch.dsrnet_l(), vgg_mod.Vgg19().eval()
-  xi, tt, tr = nchw(x), nchw(t_img), nchw(r_img)
-  if part == "fwd":
-    net.eval()
-
-    def call():
-      with torch.no_grad():
-        return net(xi, vgg(xi))
-  else:
-    net.train()
-    ld = losses.init_loss(None)
-    vgg_loss = losses.VGGLoss(vgg, normalize=False)
-    vgg_loss.normalize = losses.MeanShift([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], norm=True)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.999))
-
-    def call():
-      out_t, out_r, out_rr = net(xi, vgg(xi))
-      loss = (ld["t_pixel"](out_t, tt) + ld["r_pixel"](out_r, tr) + vgg_loss(out_t, tt) * 0.01
-              + ld["exclu"](out_t, out_r) + ld["recons"](out_t, out_r, out_rr, xi) * 0.2)
-      opt.zero_grad()
-      loss.backward()
-      opt.step()
-      return loss
+  call = _speed_module().official_call(part, size)
   call()
   t0 = time.perf_counter()
   with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -232,8 +177,10 @@ def main(argv=None):
     if kind == "official" and not (ROOT.parent / "shared" / "peers" / "dsrnet").is_dir():
       print("official: ../shared/peers/dsrnet is absent; skipped")
       continue
+    env = dict(os.environ, VPJ_NO_CPU_SPLIT="1")  # as derefl_speed's children: batch 1 on one XLA device
+    env.pop("XLA_FLAGS", None)
     out = subprocess.run([sys.executable, __file__, f"--child={kind}", f"--size={a.size}", f"--part={a.part}",
-                          f"--repeats={a.repeats}"], capture_output=True, text=True)
+                          f"--repeats={a.repeats}"], capture_output=True, text=True, env=env)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode or not line:
       raise RuntimeError(f"{kind} child failed:\n{out.stderr[-3000:]}")

@@ -167,58 +167,64 @@ def _peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # KB on Linux
 
 
-def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) -> dict:
-  """One measurement in this (fresh) process: kind 'ours' | 'official', part 'fwd' | 'train'."""
+def _inputs(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(blended x, T, R) random NHWC float32 images of one batch, the same in every measurement."""
   rng = np.random.default_rng(0)
   x = rng.random((1, size, size, 3), np.float32)
-  t_img, r_img = rng.random((1, size, size, 3), np.float32), rng.random((1, size, size, 3), np.float32) * 0.3
-  if kind == "official":
-    import torch
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "derefl"))
-    import dsrnet_ref
-    arch, vgg_mod, losses = dsrnet_ref.import_official()
-    torch.manual_seed(0)
-    net = arch.dsrnet_l()
-    vgg = vgg_mod.Vgg19().eval()
-    xi = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-    if part == "fwd":
-      net.eval()
+  return x, rng.random((1, size, size, 3), np.float32), rng.random((1, size, size, 3), np.float32) * 0.3
 
-      def fn():
-        with torch.no_grad():
-          return net(xi, vgg(xi))
-    else:
-      net.train()
-      tt = torch.from_numpy(t_img).permute(0, 3, 1, 2).contiguous()
-      tr = torch.from_numpy(r_img).permute(0, 3, 1, 2).contiguous()
-      ld = losses.init_loss(None)
-      vgg_loss = losses.VGGLoss(vgg, normalize=False)  # its normalize=True calls .cuda(): set it on the CPU
-      vgg_loss.normalize = losses.MeanShift([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], norm=True)
-      opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.999))
 
-      def fn():  # dsrnet_model_sirs.py optimize_parameters, lambda_vgg 0.01, lambda_rec 0.2
-        out_t, out_r, out_rr = net(xi, vgg(xi))
-        loss = (ld["t_pixel"](out_t, tt) + ld["r_pixel"](out_r, tr) + vgg_loss(out_t, tt) * 0.01
-                + ld["exclu"](out_t, out_r) + ld["recons"](out_t, out_r, out_rr, xi) * 0.2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss
-    cpu = {}
-    sec, first = _median_time(fn, repeats, cpu, sync=lambda r: r)
-    return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
-            "cpu_s_per_call": cpu["per_call"], "torch_threads": torch.get_num_threads(),
-            "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
-            "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"]}
-  # remat (training step only): every block's activations recomputed in the backward (models.remat_call)
+def official_call(part: str, size: int):
+  """The official DSRNet-L (torch, CPU) forward or training step as a no-argument call (returns finished)."""
+  import torch
+  sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "derefl"))
+  import dsrnet_ref
+  arch, vgg_mod, losses = dsrnet_ref.import_official()
+  torch.manual_seed(0)
+  x, t_img, r_img = _inputs(size)
+  nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+  net, vgg = arch.dsrnet_l(), vgg_mod.Vgg19().eval()
+  xi = nchw(x)
+  if part == "fwd":
+    net.eval()
+
+    def fn():
+      with torch.no_grad():
+        return net(xi, vgg(xi))
+    return fn
+  net.train()
+  tt, tr = nchw(t_img), nchw(r_img)
+  ld = losses.init_loss(None)
+  vgg_loss = losses.VGGLoss(vgg, normalize=False)  # its normalize=True calls .cuda(): set it on the CPU
+  vgg_loss.normalize = losses.MeanShift([0.485, 0.456, 0.406], [0.229, 0.224, 0.225], norm=True)
+  opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.9, 0.999))
+
+  def fn():  # dsrnet_model_sirs.py optimize_parameters, lambda_vgg 0.01, lambda_rec 0.2
+    out_t, out_r, out_rr = net(xi, vgg(xi))
+    loss = (ld["t_pixel"](out_t, tt) + ld["r_pixel"](out_r, tr) + vgg_loss(out_t, tt) * 0.01
+            + ld["exclu"](out_t, out_r) + ld["recons"](out_t, out_r, out_rr, xi) * 0.2)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+  return fn
+
+
+def ours_call(part: str, size: int, remat: bool = True):
+  """``(call, compiled, extra)``: ours' DSRNet-L forward (``derefl_jax.predict``'s jitted forward: T, R, RR)
+  or training step (``train.derefl.train_step``, ``dsrnet_l`` config, Adam; ``remat`` recomputes every
+  block in the backward) as a no-argument call (asynchronous), its compiled executable, and
+  ``{"compile_s", "xla_temp_gb"[, "xla_args_gb"]}``."""
+  x, t_img, r_img = _inputs(size)
   model = models.build_model("dsrnet_l", remat=(part == "train" and remat))
-  extra, cpu = {}, {}
   trainable, frozen = models.init_params(model, 0)
+  t0 = time.perf_counter()
   if part == "fwd":
     params = models.merge_params(trainable, frozen)
-    fwd = predict_lib.make_forward_layers(model)  # derefl_jax.predict's jitted forward (T, R, RR)
-    sec, comp = _median_time(lambda: fwd(params, x), repeats, cpu)
-    extra["xla_temp_gb"] = fwd.lower(params, x).compile().memory_analysis().temp_size_in_bytes / 1e9
+    compiled = predict_lib.make_forward_layers(model).lower(params, x).compile()
+
+    def call():
+      return compiled(params, x)
   else:
     cfg = derefl_config.get_config("dsrnet_l")
     step = functools.partial(train_derefl.train_step, model=model, loss_config=cfg.loss.to_dict(),
@@ -227,21 +233,35 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
     state = TrainState.create(params=trainable, tx=train_derefl.make_optimizer(cfg), rng=jax.random.PRNGKey(0),
                               frozen=frozen)
     batch = {"t": t_img, "r": r_img, "blended": np.clip(t_img + r_img, 0, 1), "synthetic": np.zeros(1, bool)}
-    t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch, jax.random.PRNGKey(2)).compile()
-    extra["compile_s"] = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    extra["xla_temp_gb"] = mem.temp_size_in_bytes / 1e9
-    extra["xla_args_gb"] = mem.argument_size_in_bytes / 1e9
     holder = {"state": state}
 
-    def one():
+    def call():
       holder["state"], m = compiled(holder["state"], batch, jax.random.PRNGKey(2))
       return m["loss"]
+  mem = compiled.memory_analysis()
+  extra = {"compile_s": time.perf_counter() - t0, "xla_temp_gb": mem.temp_size_in_bytes / 1e9}
+  if part == "train":
+    extra["xla_args_gb"] = mem.argument_size_in_bytes / 1e9
+  return call, compiled, extra
 
-    # as train.loop.fit does after its first (compiling) step: the compiler's freed heap back to the OS
-    sec, comp = _median_time(one, repeats, cpu, after_first=host_memory.release_free_heap)
-  return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": comp,
+
+def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) -> dict:
+  """One measurement in this (fresh) process: kind 'ours' | 'official', part 'fwd' | 'train'."""
+  cpu = {}
+  if kind == "official":
+    import torch
+    sec, first = _median_time(official_call(part, size), repeats, cpu, sync=lambda r: r)
+    return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
+            "cpu_s_per_call": cpu["per_call"], "torch_threads": torch.get_num_threads(),
+            "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
+            "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"]}
+  call, _, extra = ours_call(part, size, remat)
+  # as train.loop.fit does after its first (compiling) step: the compiler's freed heap back to the OS
+  sec, first = _median_time(call, repeats, cpu, after_first=host_memory.release_free_heap if part == "train" else None)
+  if part == "fwd":  # the forward's first call as before: compilation included
+    first += extra["compile_s"]
+  return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
           "cpu_s_per_call": cpu["per_call"], "remat": bool(part == "train" and remat),
           "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
           "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"], **extra}

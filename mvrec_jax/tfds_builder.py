@@ -219,8 +219,8 @@ def image_loader(data_dir: str | os.PathLike, category: str, cat: data_lib.Categ
   """
   del cat  # the records' own keys are read instead: a foreign CategoryData must not pick records by position
   stored = load_prepared(data_dir, category)
-  where = {inst.key: (s, k) for s in data_lib.SPLITS for k, inst in enumerate(stored.split(s))}
-  sizes = {inst.key: inst.image_size for s in data_lib.SPLITS for inst in stored.split(s)}
+  # key -> (split, record, stored (H, W))
+  where = {inst.key: (s, k, inst.image_size) for s in data_lib.SPLITS for k, inst in enumerate(stored.split(s))}
   sources = {s: open_split(data_dir, category, s) for s in data_lib.SPLITS}
 
   def load_image(inst: data_lib.Instance) -> Image.Image:
@@ -228,8 +228,8 @@ def image_loader(data_dir: str | os.PathLike, category: str, cat: data_lib.Categ
     if pos is None:
       raise KeyError(f"instance {inst.key} is not in the prepared category {category!r} in {data_dir}: the "
                      f"instances do not come from it.")
-    img = decode_image(tfds_records.feature_bytes(sources[pos[0]], pos[1], "image"))
-    h, w = sizes[inst.key]
+    split, record, (h, w) = pos
+    img = decode_image(tfds_records.feature_bytes(sources[split], record, "image"))
     if img.size != (w, h):
       raise ValueError(f"stored image of instance {inst.key} is {img.size[0]}x{img.size[1]} (WxH) but its "
                        f"annotation says {w}x{h}.")
