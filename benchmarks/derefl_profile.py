@@ -54,12 +54,14 @@ def _hlo_index(hlo_text: str) -> dict[str, dict]:
     kind = re.search(r"kind=(k\w+)", line)
     calls = re.search(r"calls=(%?[\w.\-]+)", line)
     out[name] = {"op": opcode, "kind": kind.group(1) if kind else "",
-                 "op_name": op_name.group(1) if op_name else "",
+                 "op_name": op_name.group(1) if op_name else "", "ynn": "__ynn_fusion" in line,
                  "calls": calls.group(1).lstrip("%") if calls else "", "line": line.strip()[:400]}
   for info in out.values():  # a fusion's heavy op (a convolution or dot inside it), with its line
-    inner = [(o, ln) for o, ln in comp_ops.get(info["calls"], []) if o in ("convolution", "dot")]
+    ops = comp_ops.get(info["calls"], [])
+    inner = [(o, ln) for o, ln in ops if o in ("convolution", "dot")]
     if info["op"] == "fusion" and inner:
       info["inner"], info["inner_line"] = inner[0]
+    info["reduces"] = sum(o == "reduce" for o, _ in ops)
   return out
 
 
@@ -67,8 +69,14 @@ def _role(info: dict) -> str:
   """A coarse category of one thunk's work: convolutions by their dimension labels, then the rest."""
   op, line = info.get("inner", info["op"]), info.get("inner_line", info["line"])
   backward = " (backward)" if "transpose(" in info["op_name"] else ""
+  # XLA:CPU hands some fusions to YNNPACK (backend_config "__ynn_fusion"): a dot there may carry the
+  # elementwise work and reductions around it (e.g. a LayerNorm), so it is not a plain matmul.
+  ynn = "ynn " if info.get("ynn") else ""
+  extra = " + reduce" if info.get("reduces") and op == "dot" else ""
   if op == "dot":
-    return f"dot{backward}"
+    return f"{ynn}dot{extra}{backward}"
+  if ynn:
+    return f"ynn fusion{' (reduce)' if info.get('reduces') else ''}{backward}"
   if op == "convolution":
     dl = re.search(r"dim_labels=([\w>-]+)", line)
     window = re.search(r"window=\{size=(\S+?)[\s}]", line)

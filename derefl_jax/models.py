@@ -259,6 +259,9 @@ def remat_call(module: nn.Module, *args):
     variables, a = res
     dep = 0 * jax.tree.leaves(g)[0].reshape(-1)[0]  # not folded away by XLA for floats (NaN * 0 = NaN)
     a = jax.tree.map(lambda v: v + dep.astype(v.dtype), a)
+    # The parameters too: otherwise XLA merges the recomputation's full-size broadcasts of biases
+    # and scales with the forward's (CSE) and keeps them alive from the forward to the backward.
+    variables = jax.tree.map(lambda v: v + dep.astype(v.dtype), variables)
     _, vjp = jax.vjp(lambda v, *xs: unbound.apply(v, *xs), variables, *a)
     return vjp(g)
 
