@@ -257,8 +257,9 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
             "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
             "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"]}
   call, _, extra = ours_call(part, size, remat)
-  # as train.loop.fit does after its first (compiling) step: the compiler's freed heap back to the OS
-  sec, first = _median_time(call, repeats, cpu, after_first=host_memory.release_free_heap if part == "train" else None)
+  # as train.loop.fit (after its first, compiling, step) and derefl_jax.predict (after a new shape's first
+  # call) do: the compiler's freed heap back to the OS
+  sec, first = _median_time(call, repeats, cpu, after_first=host_memory.release_free_heap)
   if part == "fwd":  # the forward's first call as before: compilation included
     first += extra["compile_s"]
   return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,

@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from backbones_jax import host_memory, xla_cpu
+
 __all__ = ["Predictor", "load_predictor", "load_dsrnet_predictor", "align_official", "find_checkpoint",
            "pad_to_multiple", "tile_slices", "main"]
 
@@ -161,7 +163,7 @@ def make_forward(model: Any):
             out, _ = model.apply({"params": params}, x)
             return jnp.clip(out["T"], 0, 1), jnp.clip(out["R"], 0, 1)
 
-        _FORWARDS[key] = jax.jit(forward)
+        _FORWARDS[key] = jax.jit(forward, compiler_options=xla_cpu.inference_compiler_options())
     return _FORWARDS[key]
 
 
@@ -175,7 +177,7 @@ def make_forward_layers(model: Any):
             out, _ = model.apply({"params": params}, x)
             return {k: out[k] for k in ("T", "R", "RR") if k in out}
 
-        _FORWARDS[key] = jax.jit(forward)
+        _FORWARDS[key] = jax.jit(forward, compiler_options=xla_cpu.inference_compiler_options())
     return _FORWARDS[key]
 
 
@@ -214,14 +216,18 @@ class Predictor:
         self.shapes_seen: set[tuple[int, ...]] = set()
 
     def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        new_shape = tuple(batch.shape) not in self.shapes_seen
         self.shapes_seen.add(tuple(batch.shape))
         if self._layers is not None:
             out = {k: np.asarray(v) for k, v in self._layers(self.params, batch.astype(np.float32)).items()}
             if not self.raw:
                 out["T"], out["R"] = np.clip(out["T"], 0, 1), np.clip(out["R"], 0, 1)
-            return out
-        t, r = self._forward(self.params, batch.astype(np.float32))
-        return {"T": np.asarray(t), "R": np.asarray(r)}
+        else:
+            t, r = self._forward(self.params, batch.astype(np.float32))
+            out = {"T": np.asarray(t), "R": np.asarray(r)}
+        if new_shape:  # after a compile: the compiler's freed heap back to the OS (as train.loop.fit)
+            host_memory.release_free_heap()
+        return out
 
     def _whole(self, image: np.ndarray) -> dict[str, np.ndarray]:
         padded, (h, w) = pad_to_multiple(image, self.bucket, MULTIPLE)
