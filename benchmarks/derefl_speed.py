@@ -23,6 +23,8 @@ R, VGG perceptual x0.01, exclusion, reconstruction 0.2 * L1(T + R + RR, I)), and
 CPU seconds per call (user + sys of the process: still meaningful on a loaded machine), the peak
 resident memory of each process (``ru_maxrss``, compilation included) and the steady-state peak
 (VmHWM reset after the first call: the memory the repeated calls need), as ratios ours / official.
+Ours' forward is ``derefl_jax.predict``'s, compiled on CPU without XLA's YNNPACK fusions
+(``backbones_jax.xla_cpu.inference_compiler_options``, recorded in the row's ``compiler_options``).
 Ours' training step recomputes every block in the backward pass (``--remat 1``, the default;
 ``derefl_jax.models.remat_call``): without it DSRNet-L's step at 224² does not fit in 24 GB here;
 after its first (compiling) call it hands the compiler's freed heap back to the OS, as
@@ -46,7 +48,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from backbones_jax import host_memory  # noqa: E402
+from backbones_jax import host_memory, xla_cpu  # noqa: E402
 from derefl_jax import models  # noqa: E402
 from derefl_jax import predict as predict_lib  # noqa: E402
 from train import derefl as train_derefl  # noqa: E402
@@ -240,7 +242,8 @@ def ours_call(part: str, size: int, remat: bool = True):
       holder["state"], m = compiled(holder["state"], batch, jax.random.PRNGKey(2))
       return m["loss"]
   mem = compiled.memory_analysis()
-  extra = {"compile_s": time.perf_counter() - t0, "xla_temp_gb": mem.temp_size_in_bytes / 1e9}
+  extra = {"compile_s": time.perf_counter() - t0, "xla_temp_gb": mem.temp_size_in_bytes / 1e9,
+           "compiler_options": xla_cpu.inference_compiler_options() if part == "fwd" else None}
   if part == "train":
     extra["xla_args_gb"] = mem.argument_size_in_bytes / 1e9
   return call, compiled, extra
