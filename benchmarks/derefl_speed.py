@@ -212,13 +212,13 @@ def official_call(part: str, size: int):
   return fn
 
 
-def ours_call(part: str, size: int, remat: bool = True):
+def ours_call(part: str, size: int, remat: bool = True, remat_max_stride: int = 0):
   """``(call, compiled, extra)``: ours' DSRNet-L forward (``derefl_jax.predict``'s jitted forward: T, R, RR)
   or training step (``train.derefl.train_step``, ``dsrnet_l`` config, Adam; ``remat`` recomputes every
   block in the backward) as a no-argument call (asynchronous), its compiled executable, and
   ``{"compile_s", "xla_temp_gb"[, "xla_args_gb"]}``."""
   x, t_img, r_img = _inputs(size)
-  model = models.build_model("dsrnet_l", remat=(part == "train" and remat))
+  model = models.build_model("dsrnet_l", remat=(part == "train" and remat), remat_max_stride=remat_max_stride)
   trainable, frozen = models.init_params(model, 0)
   t0 = time.perf_counter()
   if part == "fwd":
@@ -249,7 +249,7 @@ def ours_call(part: str, size: int, remat: bool = True):
   return call, compiled, extra
 
 
-def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) -> dict:
+def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True, remat_max_stride: int = 0) -> dict:
   """One measurement in this (fresh) process: kind 'ours' | 'official', part 'fwd' | 'train'."""
   cpu = {}
   if kind == "official":
@@ -259,7 +259,7 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
             "cpu_s_per_call": cpu["per_call"], "torch_threads": torch.get_num_threads(),
             "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
             "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"]}
-  call, _, extra = ours_call(part, size, remat)
+  call, _, extra = ours_call(part, size, remat, remat_max_stride)
   # as train.loop.fit (after its first, compiling, step) and derefl_jax.predict (after a new shape's first
   # call) do: the compiler's freed heap back to the OS
   sec, first = _median_time(call, repeats, cpu, after_first=host_memory.release_free_heap)
@@ -267,6 +267,7 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True) ->
     first += extra["compile_s"]
   return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
           "cpu_s_per_call": cpu["per_call"], "remat": bool(part == "train" and remat),
+          "remat_max_stride": remat_max_stride if part == "train" and remat else None,
           "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
           "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"], **extra}
 
@@ -275,7 +276,8 @@ def _mem_available_gb() -> float:
   return _proc_gb("/proc/meminfo", "MemAvailable", float("inf"))
 
 
-def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 18.0, remat: bool = True) -> list[dict]:
+def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 18.0, remat: bool = True,
+                remat_max_stride: int = 0) -> list[dict]:
   import subprocess
   rows = []
   for part in parts:
@@ -289,7 +291,7 @@ def vs_official(size: int, parts: list[str], repeats: int, min_free_gb: float = 
         print(json.dumps(row), flush=True)
         continue
       cmd = [sys.executable, __file__, "--_child", kind, part, "--size", str(size), "--repeats", str(repeats),
-             "--remat", str(int(remat))]
+             "--remat", str(int(remat)), "--remat-max-stride", str(remat_max_stride)]
       t0 = time.perf_counter()
       res = subprocess.run(cmd, env=env, capture_output=True, text=True)
       line = [l for l in res.stdout.splitlines() if l.startswith("{")]
@@ -349,13 +351,18 @@ def main(argv=None) -> list[dict]:
                  help="skip a training-step child when less memory is available (official DSRNet-L at 224: ~17 GB)")
   p.add_argument("--remat", type=int, default=1, choices=[0, 1],
                  help="ours, training step: recompute block activations in the backward (models.remat_call)")
+  p.add_argument("--remat-max-stride", type=int, default=0,
+                 help="ours, training step, with --remat 1: recompute only blocks on feature maps at most this many "
+                      "times smaller than the input (models.ReflectionRemovalNet.remat_max_stride; 0 = every block)")
   p.add_argument("--_child", nargs=2, default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args._child:
-    print(json.dumps(_child(args._child[0], args._child[1], args.size, args.repeats, bool(args.remat))), flush=True)
+    print(json.dumps(_child(args._child[0], args._child[1], args.size, args.repeats, bool(args.remat),
+                            args.remat_max_stride)), flush=True)
     return []
   if args.vs_official:
-    rows = vs_official(args.size, args.official_parts, args.repeats, args.min_free_gb, bool(args.remat))
+    rows = vs_official(args.size, args.official_parts, args.repeats, args.min_free_gb, bool(args.remat),
+                       args.remat_max_stride)
     if args.json:
       Path(args.json).write_text(json.dumps(rows, indent=2))
     return rows

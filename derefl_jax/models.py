@@ -268,9 +268,10 @@ def remat_call(module: nn.Module, *args):
   return nn.custom_vjp(f, forward_fn=fwd, backward_fn=bwd)(module, *args)
 
 
-def call_block(remat: bool, module: nn.Module, *args):
-  """``remat_call(module, *args)`` when ``remat``, else ``module(*args)``."""
-  return remat_call(module, *args) if remat else module(*args)
+def call_block(remat: bool, module: nn.Module, *args, min_side: int = 0):
+  """``remat_call(module, *args)`` when ``remat`` and the first input's height is at least ``min_side``
+  (a block on a smaller feature map keeps its activations), else ``module(*args)``."""
+  return remat_call(module, *args) if remat and args[0].shape[1] >= min_side else module(*args)
 
 
 class DepthwiseConv(nn.Module):
@@ -479,13 +480,15 @@ class FeaturePyramidVGG(nn.Module):
   shared_b: bool = False
   remat: bool = False  # recompute MuGI activations in the backward pass (less memory)
   dtype: Any = jnp.float32
+  remat_min_side: int = 0  # with remat: only blocks on feature maps at least this high are recomputed
 
   @nn.compact
   def __call__(self, x01: Array, feats: Sequence[Array]) -> tuple[Array, Array]:
     vf1, vf2, vf3, vf4, vf5 = feats
     dt, sb = self.dtype, self.shared_b
     def mugi(name, t, r=None):
-      return call_block(self.remat, MuGIBlock(shared_b=sb, dtype=dt, name=name), t, t if r is None else r)
+      return call_block(self.remat, MuGIBlock(shared_b=sb, dtype=dt, name=name), t, t if r is None else r,
+                        min_side=self.remat_min_side)
 
     def both(layer, t, r):
       return layer(t), layer(r)
@@ -521,10 +524,11 @@ class LRM(nn.Module):
   merge_blocks: int = 4
   remat: bool = False  # recompute the blocks' activations in the backward pass (less memory)
   dtype: Any = jnp.float32
+  remat_min_side: int = 0  # with remat: only blocks on feature maps at least this high are recomputed
 
   @nn.compact
   def __call__(self, t: Array, r: Array) -> Array:
-    call = functools.partial(call_block, self.remat)
+    call = functools.partial(call_block, self.remat, min_side=self.remat_min_side)
     c = 2 * t.shape[-1]
     intro = _conv(c, 1, name="intro", dtype=self.dtype)
     t, r = intro(t), intro(r)
@@ -585,6 +589,10 @@ class ReflectionRemovalNet(nn.Module):
   shared_b: bool = False          # MuGI: one b for both streams (DSRNet-L)
   lrm_blocks: Sequence[int] = ()  # DSRNet LRM (n_inter, n_merge); () = none
   remat: bool = False             # recompute every block's activations in the backward pass (remat_call)
+  # With remat: recompute only blocks whose feature maps are at most this many times smaller than the input
+  # (e.g. 4: the full, 1/2 and 1/4 resolution ones); the smaller, cheap-to-keep ones keep their activations.
+  # 0 = every block. Same parameters and numbers; trades memory for time (docs/derefl.md).
+  remat_max_stride: int = 0
   g_position: str = "before_heads"  # "before_heads" | "after_heads" (the paper): where G sits
   dtype: Any = jnp.float32
 
@@ -615,6 +623,8 @@ class ReflectionRemovalNet(nn.Module):
       raise ValueError("stem='vgg_pyramid' needs the full VGG19 prior (use_prior=True, vgg_width_divisor=1).")
     if self.g_position not in ("before_heads", "after_heads"):
       raise ValueError(f"g_position must be 'before_heads' or 'after_heads', got {self.g_position!r}.")
+    if self.remat_max_stride < 0:
+      raise ValueError(f"remat_max_stride must be >= 0 (0 = recompute every block), got {self.remat_max_stride}.")
     if len(self.lrm_blocks) not in (0, 2):
       raise ValueError(f"lrm_blocks must be () or (n_inter, n_merge), got {tuple(self.lrm_blocks)}.")
     if x01.ndim != 4 or x01.shape[-1] != 3:
@@ -630,18 +640,20 @@ class ReflectionRemovalNet(nn.Module):
     levels = len(self.enc_blocks)
     dt = self.dtype
     x01 = x01.astype(dt)
+    min_side = -(-x01.shape[1] // self.remat_max_stride) if self.remat_max_stride > 0 else 0
     prior = {}
     if self.use_prior:
       prior = VGGPrior(self.prior_taps, self.vgg_width_divisor, self.prior_normalize, name="prior")(x01)
     inject = self.use_prior and self.stem == "conv"
     if self.stem == "vgg_pyramid":
-      t, r = FeaturePyramidVGG(self.width, self.shared_b, self.remat, dtype=dt, name="pyramid")(
+      t, r = FeaturePyramidVGG(self.width, self.shared_b, self.remat, dtype=dt, remat_min_side=min_side,
+                               name="pyramid")(
           x01, [prior[k] for k in self.prior_taps])
     else:
       t = r = _conv(self.width, 3, name="intro", dtype=dt)(x01)
     c = self.width
     skips = []
-    call = functools.partial(call_block, self.remat)
+    call = functools.partial(call_block, self.remat, min_side=min_side)
     for lvl, n in enumerate(self.enc_blocks):
       if inject and lvl + 1 <= 5:  # VGG19 has taps relu1_1 .. relu5_1
         t, r = PriorInjection(dtype=dt, name=f"prior_in{lvl}")(t, r, prior[f"relu{lvl + 1}_1"])
@@ -678,7 +690,8 @@ class ReflectionRemovalNet(nn.Module):
       aux["hf_features"] = h
     out = {}
     if self.lrm_blocks:
-      out["RR"] = LRM(int(self.lrm_blocks[0]), int(self.lrm_blocks[1]), self.remat, dtype=dt, name="lrm")(t, r)
+      out["RR"] = LRM(int(self.lrm_blocks[0]), int(self.lrm_blocks[1]), self.remat, dtype=dt,
+                      remat_min_side=min_side, name="lrm")(t, r)
     # Zero-init head: at init T = I (with t_residual), R_low = R_high = 0 -- the identity baseline.
     ending = _conv(3, 3, name="ending", dtype=dt, kernel_init=nn.initializers.zeros)
     t_img, r_low = ending(t), ending(r)

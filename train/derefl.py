@@ -555,7 +555,8 @@ def _train_keep_best(config, state, fit_kw, fwd, mult, test_folders):
 # Settings a rerun in the same --workdir may change (besides train.config_lib.SHARED_RESUMABLE_KEYS,
 # which include num_steps): evaluation-only settings, the loader's worker count, and model.remat (memory
 # only: the same params and numbers).
-RESUMABLE_KEYS = ("eval.*", "data.num_workers", "data.eval_pairs", "data.test_sets", "model.remat")
+RESUMABLE_KEYS = ("eval.*", "data.num_workers", "data.eval_pairs", "data.test_sets", "model.remat",
+                  "model.remat_max_stride")
 
 
 def _validate(config: ml_collections.ConfigDict) -> None:

@@ -259,6 +259,36 @@ def test_remat_same_params_and_gradients_and_less_memory():
   assert temp(c_remat) < 0.7 * temp(c_plain), (temp(c_remat), temp(c_plain))
 
 
+def test_remat_max_stride_recomputes_only_the_larger_feature_maps():
+  """remat_max_stride=1: only the full-resolution blocks are recomputed (the 16-px middle blocks keep their
+  activations): same gradients, temp between every-block remat and none; 2 covers every block here."""
+  kw = dict(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), hf_blocks=0, max_heads=2,
+            vgg_width_divisor=8, lrm_blocks=(1, 1))
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 32, 32, 3)), jnp.float32)
+  plain = models.build_model("tiny", **kw)
+  tr, fr = models.init_params(plain, 0)
+  tr = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(KEY, a.shape), tr)  # no zero scales
+
+  def compiled(model):
+    def loss(tr):
+      out, _ = model.apply({"params": models.merge_params(tr, fr)}, x)
+      return sum(jnp.mean(jnp.sin(3 * out[k])) for k in ("T", "R", "RR"))
+    return jax.jit(jax.grad(loss)).lower(tr).compile(compiler_options={"xla_backend_optimization_level": 0})
+
+  runs = {name: compiled(models.build_model("tiny", **kw, **extra)) for name, extra in [
+      ("plain", {}), ("all", {"remat": True}), ("stride1", {"remat": True, "remat_max_stride": 1}),
+      ("stride2", {"remat": True, "remat_max_stride": 2})]}
+  temp = {k: c.memory_analysis().temp_size_in_bytes for k, c in runs.items()}
+  assert temp["all"] < temp["stride1"] < temp["plain"], temp
+  assert temp["stride2"] == temp["all"], temp
+  ref = jax.tree.leaves(runs["plain"](tr))
+  for name in ("all", "stride1", "stride2"):
+    for a, b in zip(ref, jax.tree.leaves(runs[name](tr))):
+      np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  with pytest.raises(ValueError, match="remat_max_stride"):
+    models.build_model("tiny", remat=True, remat_max_stride=-1).init(KEY, x)
+
+
 def test_remat_keeps_only_block_inputs_between_forward_and_backward():
   """Each remat'd block adds its input, and nothing else, to the backward's peak temp memory.
 

@@ -85,6 +85,8 @@ def test_variant_maps_to_model_loss_and_training():
   assert derefl.build(cfg).remat is False
   cfg.model.remat = True  # memory only: allowed to change on resume
   assert derefl.build(cfg).remat is True and "model.remat" in derefl.RESUMABLE_KEYS
+  cfg.model.remat_max_stride = 4
+  assert derefl.build(cfg).remat_max_stride == 4 and "model.remat_max_stride" in derefl.RESUMABLE_KEYS
   assert derefl._synthesis_kwargs(cfg)["rotation_aug"] is True
   cfg.variant.rotation_aug = False
   assert "rotation_aug" not in derefl._synthesis_kwargs(cfg)
