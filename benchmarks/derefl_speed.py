@@ -214,9 +214,10 @@ def official_call(part: str, size: int):
 
 def ours_call(part: str, size: int, remat: bool = True, remat_max_stride: int = 0):
   """``(call, compiled, extra)``: ours' DSRNet-L forward (``derefl_jax.predict``'s jitted forward: T, R, RR)
-  or training step (``train.derefl.train_step``, ``dsrnet_l`` config, Adam; ``remat`` recomputes every
-  block in the backward) as a no-argument call (asynchronous), its compiled executable, and
-  ``{"compile_s", "xla_temp_gb"[, "xla_args_gb"]}``."""
+  or training step (``train.derefl.train_step``, ``dsrnet_l`` config, Adam; ``remat`` recomputes the
+  blocks in the backward, those on feature maps at most ``remat_max_stride`` times smaller than the input
+  when it is > 0) as a no-argument call (asynchronous), its compiled executable, and
+  ``{"compile_s", "xla_temp_gb", "compiler_options"[, "xla_args_gb"]}``."""
   x, t_img, r_img = _inputs(size)
   model = models.build_model("dsrnet_l", remat=(part == "train" and remat), remat_max_stride=remat_max_stride)
   trainable, frozen = models.init_params(model, 0)

@@ -233,16 +233,17 @@ def test_tiny_forward_outputs(tiny):
   assert float(jnp.abs(out3["T"] - out2["T"]).max()) > 1e-4
 
 
-def test_remat_same_params_and_gradients_and_less_memory():
-  """remat=True (every block through models.remat_call): same parameter names and gradients, and
-  the backward's peak temp memory (XLA's own buffer assignment) goes down -- with nn.remat it did not."""
-  kw = dict(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), hf_blocks=0, max_heads=2,
-            vgg_width_divisor=8, lrm_blocks=(1, 1))  # MuGI, attention, LRM (MuGI + NAFNet) blocks
-  plain, remat = models.build_model("tiny", **kw), models.build_model("tiny", remat=True, **kw)
+_REMAT_KW = dict(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), hf_blocks=0, max_heads=2,
+                 vgg_width_divisor=8, lrm_blocks=(1, 1))  # MuGI, attention, LRM (MuGI + NAFNet) blocks
+
+
+@pytest.fixture(scope="module")
+def remat_grads():
+  """Compiled parameter gradients of the tiny model without remat, with every block recomputed, and with
+  remat_max_stride 1 and 2 -> (x, perturbed trainable params, {name: compiled}); compiled once for the
+  remat tests."""
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 32, 32, 3)), jnp.float32)
-  tr, fr = models.init_params(plain, 0)
-  shapes = lambda m: jax.tree.map(jnp.shape, jax.eval_shape(m.init, KEY, x)["params"])
-  assert shapes(remat) == shapes(plain)
+  tr, fr = models.init_params(models.build_model("tiny", **_REMAT_KW), 0)
   tr = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(KEY, a.shape), tr)  # no zero scales
 
   def grad_fn(model):
@@ -252,32 +253,30 @@ def test_remat_same_params_and_gradients_and_less_memory():
     # -O0 backend: 2x faster to compile; the buffer assignment (what is compared) is still XLA's.
     return jax.jit(jax.grad(loss)).lower(tr).compile(compiler_options={"xla_backend_optimization_level": 0})
 
-  c_plain, c_remat = grad_fn(plain), grad_fn(remat)
+  runs = {name: grad_fn(models.build_model("tiny", **_REMAT_KW, **extra)) for name, extra in [
+      ("plain", {}), ("all", {"remat": True}), ("stride1", {"remat": True, "remat_max_stride": 1}),
+      ("stride2", {"remat": True, "remat_max_stride": 2})]}
+  return x, tr, runs
+
+
+def test_remat_same_params_and_gradients_and_less_memory(remat_grads):
+  """remat=True (every block through models.remat_call): same parameter names and gradients, and
+  the backward's peak temp memory (XLA's own buffer assignment) goes down -- with nn.remat it did not."""
+  x, tr, runs = remat_grads
+  plain, remat = models.build_model("tiny", **_REMAT_KW), models.build_model("tiny", remat=True, **_REMAT_KW)
+  shapes = lambda m: jax.tree.map(jnp.shape, jax.eval_shape(m.init, KEY, x)["params"])
+  assert shapes(remat) == shapes(plain)
+  c_plain, c_remat = runs["plain"], runs["all"]
   for a, b in zip(jax.tree.leaves(c_plain(tr)), jax.tree.leaves(c_remat(tr))):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
   temp = lambda c: c.memory_analysis().temp_size_in_bytes
   assert temp(c_remat) < 0.7 * temp(c_plain), (temp(c_remat), temp(c_plain))
 
 
-def test_remat_max_stride_recomputes_only_the_larger_feature_maps():
+def test_remat_max_stride_recomputes_only_the_larger_feature_maps(remat_grads):
   """remat_max_stride=1: only the full-resolution blocks are recomputed (the 16-px middle blocks keep their
   activations): same gradients, temp between every-block remat and none; 2 covers every block here."""
-  kw = dict(width=8, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,), hf_blocks=0, max_heads=2,
-            vgg_width_divisor=8, lrm_blocks=(1, 1))
-  x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, 32, 32, 3)), jnp.float32)
-  plain = models.build_model("tiny", **kw)
-  tr, fr = models.init_params(plain, 0)
-  tr = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(KEY, a.shape), tr)  # no zero scales
-
-  def compiled(model):
-    def loss(tr):
-      out, _ = model.apply({"params": models.merge_params(tr, fr)}, x)
-      return sum(jnp.mean(jnp.sin(3 * out[k])) for k in ("T", "R", "RR"))
-    return jax.jit(jax.grad(loss)).lower(tr).compile(compiler_options={"xla_backend_optimization_level": 0})
-
-  runs = {name: compiled(models.build_model("tiny", **kw, **extra)) for name, extra in [
-      ("plain", {}), ("all", {"remat": True}), ("stride1", {"remat": True, "remat_max_stride": 1}),
-      ("stride2", {"remat": True, "remat_max_stride": 2})]}
+  x, tr, runs = remat_grads
   temp = {k: c.memory_analysis().temp_size_in_bytes for k, c in runs.items()}
   assert temp["all"] < temp["stride1"] < temp["plain"], temp
   assert temp["stride2"] == temp["all"], temp
