@@ -51,16 +51,23 @@ import numpy as np  # noqa: E402
 from backbones_jax import host_memory, xla_cpu  # noqa: E402
 from derefl_jax import models  # noqa: E402
 from derefl_jax import predict as predict_lib  # noqa: E402
-from train import derefl as train_derefl  # noqa: E402
-from train import parallel  # noqa: E402
-from train.configs import derefl as derefl_config  # noqa: E402
-from train.state import TrainState, compile_train_step  # noqa: E402
 
 
-def _cpu_s() -> float:
+def _train_libs():
+  """(parallel, train.derefl, its config module, train.state): imported only where a training step is built, so
+  that a forward-only measurement holds what a ``derefl_jax.predict`` user's process holds (train.derefl brings
+  optax and orbax: +40 MB of resident memory, measured)."""
+  from train import derefl as train_derefl
+  from train import parallel, state
+  from train.configs import derefl as derefl_config
+  return parallel, train_derefl, derefl_config, state
+
+
+def _rusage() -> tuple[float, float, int]:
+  """(user CPU s, system CPU s, minor page faults) of this process so far."""
   import resource
   r = resource.getrusage(resource.RUSAGE_SELF)
-  return r.ru_utime + r.ru_stime
+  return r.ru_utime, r.ru_stime, r.ru_minflt
 
 
 def _reset_peak_rss() -> None:
@@ -94,7 +101,8 @@ def _median_time(fn, repeats: int, cpu: dict | None = None, sync=jax.block_until
   """(median seconds of ``repeats`` calls after a first one, first-call seconds); ``cpu['per_call']``
   gets this process's user+sys CPU seconds per timed call (interpretable on a loaded machine) and
   ``cpu['steady_peak_gb']`` the peak RSS during the timed calls only (compilation and the first call
-  excluded). ``sync`` waits for a call's result (torch's CPU calls return finished: ``lambda r: r``)."""
+  excluded), ``cpu['user_s']`` / ``cpu['sys_s']`` / ``cpu['minflt']`` the user and system CPU seconds and the
+  minor page faults per timed call (first touches of freshly mapped memory: system time). ``sync`` waits for a call's result (torch's CPU calls return finished: ``lambda r: r``)."""
   t0 = time.perf_counter()
   sync(fn())
   compile_s = time.perf_counter() - t0
@@ -105,18 +113,21 @@ def _median_time(fn, repeats: int, cpu: dict | None = None, sync=jax.block_until
   if cpu is not None:
     cpu["rss_after_trim_gb"] = _proc_gb("/proc/self/status", "VmRSS", float("nan"))
   _reset_peak_rss()
-  times, c0 = [], _cpu_s()
+  times, r0 = [], _rusage()
   for _ in range(repeats):
     t0 = time.perf_counter()
     sync(fn())
     times.append(time.perf_counter() - t0)
   if cpu is not None:
-    cpu["per_call"] = (_cpu_s() - c0) / repeats
+    cpu["user_s"], cpu["sys_s"], cpu["minflt"] = ((b - a) / repeats for a, b in zip(r0, _rusage()))
+    cpu["per_call"] = cpu["user_s"] + cpu["sys_s"]
     cpu["steady_peak_gb"] = _hwm_gb()
   return float(np.median(times)), compile_s
 
 
 def bench_preset(preset: str, *, size: int, batch: int, repeats: int, train: bool, flops: bool) -> dict:
+  parallel, train_derefl, derefl_config, train_state = _train_libs()
+  TrainState, compile_train_step = train_state.TrainState, train_state.compile_train_step
   mesh = parallel.make_mesh()
   model = models.build_model(preset)
   trainable, frozen = models.init_params(model, 0)
@@ -229,6 +240,8 @@ def ours_call(part: str, size: int, remat: bool = True, remat_max_stride: int = 
     def call():
       return compiled(params, x)
   else:
+    _, train_derefl, derefl_config, train_state = _train_libs()
+    TrainState = train_state.TrainState
     cfg = derefl_config.get_config("dsrnet_l")
     step = functools.partial(train_derefl.train_step, model=model, loss_config=cfg.loss.to_dict(),
                              vgg_apply=models.perceptual_vgg_apply(model),
@@ -258,6 +271,7 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True, re
     sec, first = _median_time(official_call(part, size), repeats, cpu, sync=lambda r: r)
     return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
             "cpu_s_per_call": cpu["per_call"], "torch_threads": torch.get_num_threads(),
+            "user_s_per_call": cpu["user_s"], "sys_s_per_call": cpu["sys_s"], "minflt_per_call": cpu["minflt"],
             "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
             "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"]}
   call, _, extra = ours_call(part, size, remat, remat_max_stride)
@@ -268,6 +282,7 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True, re
     first += extra["compile_s"]
   return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
           "cpu_s_per_call": cpu["per_call"], "remat": bool(part == "train" and remat),
+          "user_s_per_call": cpu["user_s"], "sys_s_per_call": cpu["sys_s"], "minflt_per_call": cpu["minflt"],
           "remat_max_stride": remat_max_stride if part == "train" and remat else None,
           "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
           "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"], **extra}
