@@ -1,4 +1,6 @@
 """Reflection-removal network: stream reorganisation, blocks, presets, params/FLOPs budget."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -84,6 +86,44 @@ def test_pointwise_conv_equals_nn_conv(bias):
   # the network's 1x1 convs are PointwiseConv; strided / KxK ones stay nn.Conv
   assert isinstance(models._conv(8, 1), models.PointwiseConv)  # pylint: disable=protected-access
   assert isinstance(models._conv(8, 3), nn.Conv) and isinstance(models._conv(8, 2, stride=2), nn.Conv)
+
+
+def test_pointwise_matmul_gradients_against_numpy():
+  """pointwise_matmul's hand-written VJP: the gradients of (..., C) . (C, D), against numpy in float64."""
+  x, k, g = _rand(2, 3, 5, 6, seed=1), _rand(6, 4, seed=2), _rand(2, 3, 5, 4, seed=3)
+  y, vjp = jax.vjp(models.pointwise_matmul, x, k)
+  dx, dk = vjp(g)
+  x64, k64, g64 = (np.asarray(a, np.float64) for a in (x, k, g))
+  np.testing.assert_allclose(y, x64 @ k64, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dx, g64 @ k64.T, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dk, x64.reshape(-1, 6).T @ g64.reshape(-1, 4), rtol=1e-5, atol=1e-5)
+  assert dx.dtype == x.dtype and dk.dtype == k.dtype
+  xb, kb = x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)  # the model's dtype=bfloat16 option
+  dxb, dkb = jax.grad(lambda a, b: jnp.sum(models.pointwise_matmul(a, b).astype(jnp.float32)), (0, 1))(xb, kb)
+  assert dxb.dtype == jnp.bfloat16 and dkb.dtype == jnp.bfloat16
+
+
+def _kernel_gradient_dots(hlo: str) -> list[str]:
+  """rhs contracting dim of each dot that contracts lhs dim 0 into a (>= 16, >= 16) output: a kernel gradient."""
+  pat = r"= f32\[(\d+),(\d+)\]\S* dot\([^)]*\), lhs_contracting_dims=\{0\}, rhs_contracting_dims=\{(\d)\}"
+  return [m.group(3) for m in re.finditer(pat, hlo) if min(int(m.group(1)), int(m.group(2))) >= 16]
+
+
+def test_pointwise_kernel_gradient_needs_no_transposed_cotangent():
+  """In a MuGI block's compiled gradient, every 1x1 kernel gradient contracts the pixels of x (P, C) and of the
+  cotangent (P, D) as they are (dims 0 and 0). From autodiff's own rule for the einsum, XLA made the slow
+  dot(x, g^T) form (dims 0 and 1, after a transposed copy of g) for all 8 here (checked with the rule swapped
+  back)."""
+  blk = models.MuGIBlock(shared_b=True)
+  t, r = _rand(1, 16, 16, 16, seed=4), _rand(1, 16, 16, 16, seed=5)
+  params = blk.init(KEY, t, r)["params"]
+
+  def loss(p):
+    a, b = blk.apply({"params": p}, t, r)
+    return jnp.sum(a * a) + jnp.sum(b * r)
+
+  forms = _kernel_gradient_dots(jax.jit(jax.grad(loss)).lower(params).compile().as_text())
+  assert forms and set(forms) == {"0"}, forms
 
 
 def test_mean_filter_against_numpy():
