@@ -269,22 +269,20 @@ def _child(kind: str, part: str, size: int, repeats: int, remat: bool = True, re
   if kind == "official":
     import torch
     sec, first = _median_time(official_call(part, size), repeats, cpu, sync=lambda r: r)
-    return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
-            "cpu_s_per_call": cpu["per_call"], "torch_threads": torch.get_num_threads(),
-            "user_s_per_call": cpu["user_s"], "sys_s_per_call": cpu["sys_s"], "minflt_per_call": cpu["minflt"],
-            "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
-            "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"]}
-  call, _, extra = ours_call(part, size, remat, remat_max_stride)
-  # as train.loop.fit (after its first, compiling, step) and derefl_jax.predict (after a new shape's first
-  # call) do: the compiler's freed heap back to the OS
-  sec, first = _median_time(call, repeats, cpu, after_first=host_memory.release_free_heap)
-  if part == "fwd":  # the forward's first call as before: compilation included
-    first += extra["compile_s"]
+    extra = {"torch_threads": torch.get_num_threads()}
+  else:
+    call, _, compiled_info = ours_call(part, size, remat, remat_max_stride)
+    # as train.loop.fit (after its first, compiling, step) and derefl_jax.predict (after a new shape's first
+    # call) do: the compiler's freed heap back to the OS
+    sec, first = _median_time(call, repeats, cpu, after_first=host_memory.release_free_heap)
+    if part == "fwd":  # the forward's first call as before: compilation included
+      first += compiled_info["compile_s"]
+    extra = {"remat": bool(part == "train" and remat),
+             "remat_max_stride": remat_max_stride if part == "train" and remat else None,
+             "devices": jax.device_count(), **compiled_info}
   return {"kind": kind, "part": part, "size": size, "seconds": sec, "first_call_s": first,
-          "cpu_s_per_call": cpu["per_call"], "remat": bool(part == "train" and remat),
-          "user_s_per_call": cpu["user_s"], "sys_s_per_call": cpu["sys_s"], "minflt_per_call": cpu["minflt"],
-          "remat_max_stride": remat_max_stride if part == "train" and remat else None,
-          "devices": jax.device_count(), "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
+          "cpu_s_per_call": cpu["per_call"], "user_s_per_call": cpu["user_s"], "sys_s_per_call": cpu["sys_s"],
+          "minflt_per_call": cpu["minflt"], "peak_rss_gb": _peak_rss_gb(), "steady_peak_gb": cpu["steady_peak_gb"],
           "rss_after_first_gb": cpu["rss_before_trim_gb"], "rss_after_trim_gb": cpu["rss_after_trim_gb"], **extra}
 
 
