@@ -146,6 +146,52 @@ def _pointwise_matmul_bwd(res, g):
 pointwise_matmul.defvjp(_pointwise_matmul_fwd, _pointwise_matmul_bwd)
 
 
+def _conv_same_xla(x: Array, kernel: Array) -> Array:
+  k = kernel.shape[0]
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((k // 2, k // 2), (k // 2, k // 2)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@jax.custom_vjp
+def conv_same(x: Array, kernel: Array) -> Array:
+  """A KxK conv (K odd), stride 1, SAME zero padding: x (B, H, W, C), kernel (K, K, C, D) -> (B, H, W, D).
+
+  The values and the input gradient are ``lax.conv_general_dilated``'s (as ``nn.Conv``). The kernel gradient is
+  one dot: the K*K shifted windows of the padded cotangent (BHW, K*K*D) against x (BHW, C), or those of x against
+  the cotangent when C < D. From autodiff's rule,
+  XLA:CPU computes it as a convolution whose window is the whole image, at ~3 GFLOP/s: 0.24 s for the LRM tail's
+  (3, 3, 256, 3) kernel at 224² (docs/derefl.md).
+  """
+  return _conv_same_xla(x, kernel)
+
+
+def _conv_same_fwd(x, kernel):
+  return _conv_same_xla(x, kernel), (x, kernel)
+
+
+def _conv_same_bwd(res, g):
+  x, kernel = res
+  k, (h, w), (c, d) = kernel.shape[0], x.shape[1:3], kernel.shape[2:]
+  dx = jax.vjp(lambda v: _conv_same_xla(v, kernel), x)[1](g)[0]
+  # dk[i, j] = sum_yz xpad[y + i, z + j] g[y, z] = sum_yz x[y, z] gpad[y + 2p - i, z + 2p - j]: the K*K shifted
+  # windows of whichever of x and g has fewer channels, stacked on channels, against the other, in one dot.
+  contract = (((0,), (0,)), ((), ()))
+  if c <= d:
+    xp = _pad_same(x, k)
+    windows = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)], axis=-1)
+    dk = jax.lax.dot_general(windows.reshape(-1, k * k * c), g.reshape(-1, d), contract).reshape(k, k, c, d)
+  else:
+    gp, last = _pad_same(g, k), k - 1
+    windows = jnp.concatenate([gp[:, last - i:last - i + h, last - j:last - j + w, :]
+                               for i in range(k) for j in range(k)], axis=-1)
+    dk = jax.lax.dot_general(x.reshape(-1, c), windows.reshape(-1, k * k * d), contract)
+    dk = dk.reshape(c, k, k, d).transpose(1, 2, 0, 3)
+  return dx, dk.astype(kernel.dtype)
+
+
+conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
+
+
 # ----------------------------------------------------------------------------- modules
 class PointwiseConv(nn.Module):
   """1x1 conv as a matmul over channels: (B, H, W, Cin) -> (B, H, W, Cout); params as nn.Conv(features, (1, 1)).
@@ -170,12 +216,37 @@ class PointwiseConv(nn.Module):
     return y
 
 
+class SameConv(nn.Module):
+  """KxK conv (K odd), stride 1, SAME zero padding: (B, H, W, Cin) -> (B, H, W, Cout); params as nn.Conv(features, (K, K)).
+
+  Same parameters, initial values, outputs and input gradient as ``nn.Conv``; the kernel gradient is a dot
+  (:func:`conv_same`) instead of XLA:CPU's whole-image-window convolution.
+  """
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.linear.default_kernel_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))
+    y = conv_same(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
 def _conv(features: int, k: int = 1, *, groups: int = 1, bias: bool = True, stride: int = 1,
           name: str | None = None, dtype=jnp.float32, kernel_init=None) -> nn.Module:
-  """A KxK conv (SAME padding; VALID when strided) with nn.Conv's parameters; 1x1 ones as a matmul."""
+  """A KxK conv (SAME padding; VALID when strided) with nn.Conv's parameters; 1x1 ones as a matmul, odd KxK
+  unstrided ones with a dot for the kernel gradient (:class:`SameConv`)."""
   kw = {} if kernel_init is None else {"kernel_init": kernel_init}
   if k == 1 and stride == 1 and groups == 1:
     return PointwiseConv(features, use_bias=bias, dtype=dtype, name=name, **kw)
+  if k % 2 and stride == 1 and groups == 1:
+    return SameConv(features, k, use_bias=bias, dtype=dtype, name=name, **kw)
   pad = "VALID" if stride > 1 else ((k // 2, k // 2), (k // 2, k // 2))
   return nn.Conv(features, (k, k), strides=(stride, stride), padding=pad, feature_group_count=groups,
                  use_bias=bias, dtype=dtype, name=name, **kw)
