@@ -233,7 +233,7 @@ def hlo_matmuls(hlo_text: str) -> list[dict]:
 
 
 def _conv_spec(labels: str) -> tuple[str, str, str]:
-  """XLA ``dim_labels`` (e.g. ``b01f_01io->b01f``) -> jax ``dimension_numbers`` strings (``NHWC``, ``HWIO``, ``NHWC``)."""
+  """XLA ``dim_labels`` (e.g. ``b01f_01io->b01f``) -> jax ``dimension_numbers`` (``NHWC``, ``HWIO``, ``NHWC``)."""
   lhs, rest = labels.split("_", 1)
   rhs, out = rest.split("->")
   io = {"b": "N", "f": "C", "0": "H", "1": "W", "i": "I", "o": "O"}

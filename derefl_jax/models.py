@@ -158,15 +158,18 @@ def conv_same(x: Array, kernel: Array) -> Array:
 
   The values and the input gradient are ``lax.conv_general_dilated``'s (as ``nn.Conv``). The kernel gradient is
   one dot: the K*K shifted windows of the padded cotangent (BHW, K*K*D) against x (BHW, C), or those of x against
-  the cotangent when C < D. From autodiff's rule,
-  XLA:CPU computes it as a convolution whose window is the whole image, at ~3 GFLOP/s: 0.24 s for the LRM tail's
-  (3, 3, 256, 3) kernel at 224² (docs/derefl.md).
+  the cotangent when C <= D. From autodiff's rule, XLA:CPU computes it as a convolution whose window is the whole
+  image, at ~3 GFLOP/s: 0.24 s for the LRM tail's (3, 3, 256, 3) kernel at 224² (docs/derefl.md).
   """
+  k = kernel.shape[0]
+  if kernel.ndim != 4 or kernel.shape[1] != k or k % 2 == 0 or kernel.shape[2] != x.shape[-1]:
+    raise ValueError(f"conv_same needs a (K, K, C, D) kernel with K odd and C = {x.shape[-1]} (the input's "
+                     f"channels), got {kernel.shape}; use nn.Conv for even or strided kernels.")
   return _conv_same_xla(x, kernel)
 
 
 def _conv_same_fwd(x, kernel):
-  return _conv_same_xla(x, kernel), (x, kernel)
+  return conv_same(x, kernel), (x, kernel)  # with conv_same's shape checks
 
 
 def _conv_same_bwd(res, g):
@@ -217,7 +220,7 @@ class PointwiseConv(nn.Module):
 
 
 class SameConv(nn.Module):
-  """KxK conv (K odd), stride 1, SAME zero padding: (B, H, W, Cin) -> (B, H, W, Cout); params as nn.Conv(features, (K, K)).
+  """KxK conv (K odd), stride 1, SAME zero padding: (B, H, W, Cin) -> (B, H, W, Cout); params as nn.Conv's.
 
   Same parameters, initial values, outputs and input gradient as ``nn.Conv``; the kernel gradient is a dot
   (:func:`conv_same`) instead of XLA:CPU's whole-image-window convolution.

@@ -103,6 +103,9 @@ def test_same_conv_equals_nn_conv(cin, cout, k, bias):
   loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply({"params": p}, x)))  # noqa: E731
   g_ours, g_ref = jax.grad(loss(ours), (0, 1))(p, x), jax.grad(loss(ref), (0, 1))(p, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_ours, g_ref)
+  for fn in (models.conv_same, lambda a, b: jax.grad(lambda b: jnp.sum(models.conv_same(a, b)))(b)):
+    with pytest.raises(ValueError, match="K odd"):
+      fn(x, _rand(2, 2, cin, cout))
 
 
 def test_same_conv_kernel_gradient_is_a_dot():

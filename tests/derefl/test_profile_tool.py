@@ -30,7 +30,8 @@ def test_hlo_matmuls_counts_ops_and_flops():
   batched = dots[((3, 5, 7), (3, 7, 2))]
   assert batched["flops"] == 2 * 3 * 5 * 2 * 7 and batched["batch"] == ((0,), (0,))
   assert len(convs) == 1 and convs[0]["count"] == 1 and convs[0]["flops"] == 2 * 12 * 10 * 6 * 9 * 4
-  assert derefl_profile._conv_spec(convs[0]["dim_labels"]) == ("NHWC", "HWIO", "NHWC")  # pylint: disable=protected-access
+  spec = derefl_profile._conv_spec(convs[0]["dim_labels"])  # pylint: disable=protected-access
+  assert spec == ("NHWC", "HWIO", "NHWC")
   assert xw["ynn"]  # XLA:CPU's default hands these dots to YNNPACK
   eigen = jax.jit(f, compiler_options={"xla_cpu_experimental_ynn_fusion_type": ""}).lower(*args).compile()
   assert not any(r["ynn"] for r in derefl_profile.hlo_matmuls(eigen.as_text()) if r["op"] == "dot")
